@@ -1,0 +1,3 @@
+"""rlpost: reinforcement-learning post-training for language models."""
+
+__version__ = "0.1.0"

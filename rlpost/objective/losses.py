@@ -1,0 +1,119 @@
+"""Token-level losses: clipped policy gradient, clipped value loss, SFT and KD terms."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlpost.objective.aggregate import Count, aggregate, masked_mean
+from rlpost.objective.kl import kl_estimate
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def sequence_logp(logp: Tensor, mask: Tensor) -> Tensor:
+    """log π(y) = Σ_t m·logp_t: the sequence log-probability used by DPO and f-DPG."""
+    return (logp * mask.to(logp.dtype)).sum(-1)
+
+
+def _token_advantages(advantages: Tensor, like: Tensor) -> Tensor:
+    """Accept per-sequence [B] or per-token [B, T] advantages."""
+    a = advantages.to(like.dtype)
+    return a.unsqueeze(-1).expand_as(like) if a.dim() == like.dim() - 1 else a
+
+
+def clipped_pg_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    max_len: Count = None,
+    log_ratio_clamp: float = LOG_RATIO_CLAMP,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO surrogate −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A), optional dual clip, aggregated.
+
+    The log-ratio is clamped to ±log_ratio_clamp so stale or corrupt log-probs cannot give inf.
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    adv = _token_advantages(advantages, logp).detach()
+    log_ratio = (logp - old_logp.detach()).clamp(-log_ratio_clamp, log_ratio_clamp)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    metrics = {"clip_frac": masked_mean((clipped > unclipped).to(logp.dtype), mask)}
+    if dual_clip is not None:
+        bound = -dual_clip * adv
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(dual, bound, per_token)
+        metrics["dual_clip_frac"] = masked_mean(dual.to(logp.dtype), mask)
+    loss = aggregate(per_token, mask, agg, num_tokens, num_seqs, max_len)
+    metrics["approx_kl"] = masked_mean(kl_estimate(logp.detach(), old_logp.detach(), "k3"), mask)
+    return loss, metrics
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip: float | None = 0.2,
+    agg: str = "token-mean",
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    max_len: Count = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO critic loss ½·max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²); clip=None: plain."""
+    ret = returns.detach()
+    err = (values - ret) ** 2
+    if clip is None:
+        per_token, frac = 0.5 * err, torch.zeros((), dtype=values.dtype, device=values.device)
+    else:
+        old = old_values.detach()
+        err_clipped = (old + (values - old).clamp(-clip, clip) - ret) ** 2
+        per_token = 0.5 * torch.maximum(err, err_clipped)
+        frac = masked_mean((err_clipped > err).to(values.dtype), mask)
+    loss = aggregate(per_token, mask, agg, num_tokens, num_seqs, max_len)
+    return loss, {"vf_clip_frac": frac, "value_error": masked_mean(err.detach(), mask)}
+
+
+def sft_loss(
+    logp: Tensor,
+    mask: Tensor,
+    agg: str = "token-mean",
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    max_len: Count = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Negative log-likelihood of the kept completions (SuperHF, SFT warm-up)."""
+    loss = aggregate(-logp, mask, agg, num_tokens, num_seqs, max_len)
+    return loss, {"nll": masked_mean(-logp.detach(), mask)}
+
+
+def kd_loss(
+    logp: Tensor,
+    teacher_logp: Tensor,
+    mask: Tensor,
+    kind: str = "k2",
+    agg: str = "token-mean",
+    *,
+    beta: float = 1.0,
+    clamp: float | None = 20.0,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    max_len: Count = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """KDRL: β·reverse KL(π‖teacher) on the student's own samples (k2: exact on-policy gradient)."""
+    k = kl_estimate(logp, teacher_logp.detach(), kind, clamp)
+    loss = beta * aggregate(k, mask, agg, num_tokens, num_seqs, max_len)
+    return loss, {"kd_kl": masked_mean(k.detach(), mask)}

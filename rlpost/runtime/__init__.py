@@ -1,0 +1,1 @@
+"""Ray actor groups: rollout (vLLM), learners (DeepSpeed), frozen models, rewards, placement."""

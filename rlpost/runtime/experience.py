@@ -1,0 +1,151 @@
+"""The Experience an algorithm's ``collect`` sees, backed by the Ray actor groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+
+from rlpost.batch import Batch, build_sequences
+
+
+class RewardOutputError(RuntimeError):
+    pass
+
+
+class ActorExperience:
+    def __init__(
+        self,
+        cfg: Any,
+        tokenizer: Any,
+        rollout: Any,
+        reward: Any,
+        reference: Any = None,
+        teacher: Any = None,
+        critic: Any = None,
+        learners: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.rollout = rollout
+        self.reward = reward
+        self.reference = reference
+        self.teacher = teacher
+        self.critic = critic
+        self.learners = learners
+        self.policy_version = 0
+        self.step = 0
+        self.gen_seconds = 0.0
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # -------------------------------------------------------------------- generation
+    def _seeds(self, count: int) -> list[int]:
+        base = self.cfg.rollout.seed * 1_000_003 + self.step * 10_007
+        return [base + i for i in range(count)]
+
+    def generate(self, prompts: list[dict], n: int, **sampling: Any) -> Batch:
+        ids = [p["prompt_ids"] for p in prompts]
+        out, secs = self.rollout.generate(ids, n, seeds=self._seeds(len(ids)), **sampling)
+        self.gen_seconds += secs
+        p_ids, r_ids, r_lps, cols = [], [], [], {}
+        extra = [k for k in prompts[0] if k not in ("prompt_ids",)] if prompts else []
+        cols = {k: [] for k in extra}
+        completion, group, version, finish = [], [], [], []
+        for gi, (row, samples) in enumerate(zip(prompts, out)):
+            for s in samples:
+                p_ids.append(row["prompt_ids"])
+                r_ids.append(s["token_ids"])
+                r_lps.append(s["logprobs"])
+                completion.append(s["text"])
+                group.append(self.step * 100_000 + gi)
+                version.append(s["version"])
+                finish.append(s["finish_reason"])
+                for k in extra:
+                    cols[k].append(row[k])
+        batch = build_sequences(p_ids, r_ids, r_lps, pad_id=self.pad_id)
+        for k, v in cols.items():
+            batch.columns[k] = v
+        batch.columns.update(
+            completion=completion, group_id=group, policy_version=version, finish_reason=finish
+        )
+        return batch
+
+    def generate_text(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        stop: list[str] | None = None,
+        **sampling: Any,
+    ) -> list[list[dict]]:
+        out, secs = self.rollout.generate(
+            prompt_ids,
+            n,
+            max_tokens=max_tokens,
+            seeds=self._seeds(len(prompt_ids)),
+            stop=stop or [],
+            include_stop=True,
+            **sampling,
+        )
+        self.gen_seconds += secs
+        return out
+
+    # -------------------------------------------------------------------- scoring
+    def score_async(self, batch: Batch) -> ray.ObjectRef:
+        columns = {
+            k: v
+            for k, v in batch.columns.items()
+            if k not in ("prompt", "completion", "prompt_ids")
+        }
+        return self.reward.score_async(
+            list(batch["prompt"]), list(batch["completion"]), columns, self.step
+        )
+
+    def finish_scores(self, batch: Batch, ref: ray.ObjectRef) -> tuple[Batch, dict]:
+        scores, metrics = ray.get(ref)
+        if len(scores) != len(batch):
+            raise RewardOutputError(
+                f"reward group returned {len(scores)} scores for {len(batch)} rows"
+            )
+        keep = [i for i, s in enumerate(scores) if s is not None]
+        batch.tensors["scores"] = torch.tensor(
+            [float(s) if s is not None else 0.0 for s in scores], dtype=torch.float32
+        )
+        if len(keep) < len(batch):
+            metrics["reward/dropped_rows"] = len(batch) - len(keep)
+            batch = batch.select(keep)
+        return batch, metrics
+
+    def score(self, batch: Batch) -> dict[str, float]:
+        new, metrics = self.finish_scores(batch, self.score_async(batch))
+        batch.tensors, batch.columns = new.tensors, new.columns
+        return metrics
+
+    def ref_logp(self, batch: Batch) -> torch.Tensor:
+        return ray.get(self.reference.logprobs_async(batch))
+
+    def teacher_logp(self, batch: Batch) -> torch.Tensor:
+        return ray.get(self.teacher.logprobs_async(batch))
+
+    def policy_logp(self, batch: Batch) -> torch.Tensor:
+        return self.learners.forward(batch)
+
+    def annotate(self, batch: Batch, needs: Any) -> tuple[Batch, dict]:
+        """Reward, reference, teacher and critic work on the same batch concurrently."""
+        futures: dict[str, Any] = {}
+        if "scores" not in batch:
+            futures["scores"] = self.score_async(batch)
+        if needs.reference and self.reference is not None and "ref_logp" not in batch:
+            futures["ref_logp"] = self.reference.logprobs_async(batch)
+        if needs.teacher and self.teacher is not None and "teacher_logp" not in batch:
+            futures["teacher_logp"] = self.teacher.logprobs_async(batch)
+        metrics: dict[str, float] = {}
+        if needs.critic and self.critic is not None:
+            batch.tensors["values"] = self.critic.forward(batch)
+        for key, fut in futures.items():
+            if key != "scores":
+                batch.tensors[key] = ray.get(fut)
+        if "scores" in futures:
+            batch, metrics = self.finish_scores(batch, futures["scores"])
+        return batch, metrics

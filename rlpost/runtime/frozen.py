@@ -1,0 +1,69 @@
+"""Frozen models (reference policy, KDRL teacher): log-probs on given tokens, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+
+from rlpost.batch import Batch
+from rlpost.config import Config
+from rlpost.runtime.learner import token_logprobs
+
+
+class FrozenWorker:
+    def __init__(self, cfg: Config, path: str, threads: int = 1) -> None:
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.temperature = cfg.rollout.temperature
+        self.micro = max(1, cfg.learner.micro_batch_size)
+
+    @torch.no_grad()
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        width = batch["input_ids"].shape[1]
+        outs = []
+        for mb in batch.split(self.micro):
+            mb = mb.trim()
+            ids = mb["input_ids"].to(self.device)
+            logits = self.model(
+                input_ids=ids, attention_mask=mb["attention_mask"].to(self.device)
+            ).logits
+            lp = token_logprobs(logits, ids, self.temperature).cpu()
+            outs.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
+        return torch.cat(outs)
+
+
+class FrozenGroup:
+    """One frozen model actor (Reference or Teacher); ``logprobs`` returns an ObjectRef-able call."""
+
+    def __init__(self, cfg: Config, path: str, group: str, placed: Any = None) -> None:
+        cpus = cfg.placement.aux_cpus if hasattr(cfg.placement, "aux_cpus") else 0.25
+        opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": cfg.learner.gpus_per_rank}
+        if placed is not None:
+            opts["scheduling_strategy"] = placed.strategy(group, 0)
+        threads = cfg.learner.torch_threads or 1
+        self.actor = ray.remote(FrozenWorker).options(**opts).remote(cfg, path, threads)
+        self.path = path
+
+    def logprobs_async(self, batch: Batch) -> ray.ObjectRef:
+        return self.actor.logprobs.remote(batch)
+
+    def shutdown(self) -> None:
+        ray.kill(self.actor)
+
+
+def check_same_tokenizer(student: str, teacher: str) -> None:
+    """KDRL: teacher log-probs on the student's tokens only make sense with one vocabulary."""
+    from transformers import AutoTokenizer
+
+    a, b = AutoTokenizer.from_pretrained(student), AutoTokenizer.from_pretrained(teacher)
+    if a.get_vocab() != b.get_vocab():
+        raise ValueError(
+            f"teacher.path: the teacher's tokenizer ({teacher}, {len(b)} tokens) differs from the "
+            f"student's ({student}, {len(a)} tokens); KDRL needs one shared vocabulary"
+        )

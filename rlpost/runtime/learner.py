@@ -1,0 +1,408 @@
+"""LearnerGroup: N DeepSpeed ZeRO ranks, one Ray actor each. Used for the policy and the critic.
+
+Gradient convention: the objective layer divides by *global* counts, so the mini-batch loss is the
+sum of every micro-batch loss on every rank. DeepSpeed averages gradients over ranks and (by
+default) over accumulation steps, so each micro-batch loss is multiplied by the world size and
+backpropagated with ``scale_wrt_gas=False``: the update is then independent of ranks × micro-batches.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import ray
+import torch
+
+from rlpost.batch import Batch
+from rlpost.config import Config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def token_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log π(x_t | x_<t) aligned with input_ids ([B, L]; position 0 gets 0)."""
+    logits = logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    target = input_ids[:, 1:]
+    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    lp = picked - torch.logsumexp(logits, dim=-1)
+    return torch.nn.functional.pad(lp, (1, 0))
+
+
+def ds_config(cfg: Config, role: str, micro: int, gas: int, on_gpu: bool) -> dict:
+    lrn = cfg.learner
+    stage = cfg.critic.zero_stage if role == "critic" else lrn.zero_stage
+    lr = cfg.critic.lr if role == "critic" else lrn.lr
+    zero: dict[str, Any] = {"stage": stage}
+    if lrn.offload and stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    total = max(1, cfg.trainer.steps)
+    sched: dict[str, Any]
+    if lrn.lr_schedule == "constant":
+        sched = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0,
+                "warmup_max_lr": lr,
+                "warmup_num_steps": max(1, lrn.warmup_steps),
+                "warmup_type": "linear",
+            },
+        }
+    else:
+        sched = {
+            "type": "WarmupDecayLR" if lrn.lr_schedule == "linear" else "WarmupCosineLR",
+            "params": {
+                "total_num_steps": total * lrn.epochs,
+                "warmup_num_steps": max(1, lrn.warmup_steps),
+            },
+        }
+        if lrn.lr_schedule == "linear":
+            sched["params"].update(
+                {"warmup_min_lr": 0, "warmup_max_lr": lr, "warmup_type": "linear"}
+            )
+    conf: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": gas,
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": lr,
+                "betas": list(lrn.betas),
+                "weight_decay": lrn.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "scheduler": sched,
+        "gradient_clipping": lrn.grad_clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if on_gpu and cfg.model.dtype in ("auto", "bfloat16"):
+        conf["bf16"] = {"enabled": True}
+    return conf
+
+
+class LearnerWorker:
+    """One DeepSpeed rank. ``role`` is 'policy' (causal LM) or 'critic' (token value head)."""
+
+    def __init__(self, cfg: Config, role: str, rank: int, world: int, addr: str, port: int) -> None:
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK="0",
+            MASTER_ADDR=addr,
+            MASTER_PORT=str(port),
+        )
+        self.cfg, self.role, self.rank, self.world = cfg, role, rank, world
+        threads = cfg.learner.torch_threads or max(1, int(round(cfg.learner.cpus_per_rank)))
+        torch.set_num_threads(threads)
+        self.on_gpu = torch.cuda.is_available() and cfg.learner.gpus_per_rank > 0
+        self.device = torch.device("cuda", 0) if self.on_gpu else torch.device("cpu")
+        self.engine = None
+        self._hf_ds = None
+
+    @staticmethod
+    def node_ip() -> str:
+        return ray.util.get_node_ip_address()
+
+    def init(self, micro: int, gas: int, seed: int) -> int:
+        """Load the model and build the DeepSpeed engine (all ranks call this together)."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+        from transformers.integrations import HfDeepSpeedConfig
+
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        torch.manual_seed(seed)
+        conf = ds_config(self.cfg, self.role, micro, gas, self.on_gpu)
+        if conf["zero_optimization"]["stage"] == 3:
+            self._hf_ds = HfDeepSpeedConfig(conf)  # must stay alive through from_pretrained
+        dtype = torch.bfloat16 if conf.get("bf16") else torch.float32
+        if self.role == "critic":
+            path = self.cfg.critic.path or self.cfg.model.path
+            model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.cfg.model.path, dtype=dtype)
+        if self.cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=conf
+        )
+        self.algo = None
+        return sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        ids = batch["input_ids"].to(self.device)
+        attn = batch["attention_mask"].to(self.device)
+        out = self.engine(input_ids=ids, attention_mask=attn)
+        if self.role == "critic":  # V(state before token t) sits at t, like log-probs
+            return torch.nn.functional.pad(out.logits.squeeze(-1).float()[:, :-1], (1, 0))
+        return token_logprobs(out.logits, ids, self.cfg.rollout.temperature)
+
+    def _algorithm(self):
+        if self.algo is None:
+            from algorithms.base import build_algorithm
+
+            self.algo = build_algorithm(self.cfg)
+        return self.algo
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, micro: int) -> torch.Tensor:
+        """Log-probs (policy) or values (critic) without grad, in micro-batches."""
+        self.engine.eval()
+        outs = [self._forward(b.trim()) for b in batch.split(micro)]
+        width = batch["input_ids"].shape[1]
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs]).cpu()
+
+    def train(
+        self, minibatches: list[Batch], counts: list[dict], micro: int, row_multiple: int = 1
+    ) -> dict[str, float]:
+        """One optimizer step per mini-batch shard; returns mean metrics.
+
+        The accumulation boundary is set explicitly (the last micro-batch of a shard), so shards
+        of any size work; every rank gets the same number of rows (the group pads), hence the
+        same number of forward passes, which ZeRO-3's collective gathers need.
+        """
+        self.engine.train()
+        algo = self._algorithm()
+        micro = max(row_multiple, micro - micro % row_multiple)
+        sums: dict[str, float] = {}
+        norms: list[float] = []
+        n = 0
+        for shard, cnt in zip(minibatches, counts):
+            parts = shard.split(micro)
+            for i, mb in enumerate(parts):
+                self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+                mb = mb.trim().to(self.device)
+                out = self._forward(mb)
+                if self.role == "critic":
+                    loss, metrics = algo.critic_loss(out, mb, cnt)
+                else:
+                    loss, metrics = algo.loss(out, mb, cnt)
+                self.engine.backward(loss * self.world, scale_wrt_gas=False)
+                self.engine.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+            gn = self.engine.get_global_grad_norm()
+            if gn is not None:
+                norms.append(float(gn))
+        # loss/* terms are parts of a sum (global denominators): per mini-batch total, not mean
+        shards = max(len(minibatches), 1)
+        out_m = {k: v / (shards if k.startswith("loss/") else max(n, 1)) for k, v in sums.items()}
+        if norms:
+            out_m["grad_norm"] = sum(norms) / len(norms)
+        out_m["lr"] = float(self.engine.get_lr()[0])
+        return out_m
+
+    # ------------------------------------------------------------------ weights
+    def export_weights(self, bucket_mb: int) -> list:
+        """Gather (ZeRO-3) and cut the HF state dict into safetensors buckets in the object store.
+        Every rank must call this (the gather is collective); rank 0 returns the refs."""
+        import deepspeed
+        from safetensors.torch import save
+
+        model = self.engine.module
+        params = list(model.named_parameters())
+        stage3 = self.engine.zero_optimization_stage() == 3
+        limit = bucket_mb * 2**20
+        refs, bucket, size = [], {}, 0
+        for name, p in params:
+            if stage3:
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    t = p.detach().to("cpu", copy=True).contiguous()
+            else:
+                t = p.detach().to("cpu", copy=True).contiguous()
+            if self.rank != 0:
+                continue
+            bucket[name] = t
+            size += t.numel() * t.element_size()
+            if self.tied and name == "model.embed_tokens.weight":
+                bucket["lm_head.weight"] = t.clone()  # vLLM keeps its own lm_head copy
+                size += t.numel() * t.element_size()
+            if size >= limit:
+                refs.append(ray.put(save(bucket)))
+                bucket, size = {}, 0
+        if bucket and self.rank == 0:
+            refs.append(ray.put(save(bucket)))
+        return refs
+
+    def checksums(self, names: list[str]) -> dict[str, str]:
+        import deepspeed
+
+        from rlpost.runtime.vllm_ext import tensor_checksum
+
+        out = {}
+        stage3 = self.engine.zero_optimization_stage() == 3
+        for name, p in self.engine.module.named_parameters():
+            if name in names:
+                if stage3:
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                        out[name] = tensor_checksum(p)
+                else:
+                    out[name] = tensor_checksum(p)
+        return out
+
+    def param_names(self) -> list[str]:
+        return [n for n, _ in self.engine.module.named_parameters()]
+
+    def save(self, path: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(path, tag="ds", client_state=client_state)
+
+    def load(self, path: str) -> dict:
+        _, client = self.engine.load_checkpoint(path, tag="ds")
+        return client or {}
+
+    def export_hf(self, path: str) -> None:
+        import deepspeed
+
+        model = self.engine.module
+        if self.engine.zero_optimization_stage() == 3:
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+                if self.rank == 0:
+                    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            sd = model.state_dict() if self.rank == 0 else None
+        if self.rank == 0:
+            model.save_pretrained(path, state_dict=sd)
+
+
+class LearnerGroup:
+    """N ranks of ``LearnerWorker``; the driver sees one object with collective methods."""
+
+    def __init__(
+        self, cfg: Config, role: str = "policy", placed: Any = None, group: str = "learner"
+    ):
+        self.cfg = cfg
+        self.role = role
+        lrn = cfg.learner
+        self.world = cfg.critic.ranks if role == "critic" else lrn.ranks
+        port = free_port()
+        actor = ray.remote(LearnerWorker)
+        self.workers = []
+        addr = None
+        for rank in range(self.world):
+            opts: dict[str, Any] = {"num_cpus": lrn.cpus_per_rank, "num_gpus": lrn.gpus_per_rank}
+            if placed is not None:
+                opts["scheduling_strategy"] = placed.strategy(group, rank)
+            if addr is None:
+                w0 = actor.options(**opts).remote(cfg, role, 0, self.world, "127.0.0.1", port)
+                addr = ray.get(w0.node_ip.remote())
+                ray.kill(w0)
+            self.workers.append(
+                actor.options(**opts).remote(cfg, role, rank, self.world, addr, port)
+            )
+        rows = cfg.trainer.prompts_per_step * cfg.rollout.n
+        mini = lrn.mini_batch_size or rows
+        per_rank = mini // self.world
+        self.micro = min(lrn.micro_batch_size, per_rank)
+        gas = per_rank // self.micro
+        self.mini = mini
+        t0 = time.time()
+        self.num_params = ray.get(
+            [w.init.remote(self.micro, gas, cfg.trainer.seed) for w in self.workers]
+        )[0]
+        self.startup_s = time.time() - t0
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """No-grad log-probs/values of a whole batch, split across ranks."""
+        parts = _even_chunks(batch, self.world)
+        outs = ray.get([w.forward.remote(p, self.micro) for w, p in zip(self.workers, parts)])
+        width = batch["input_ids"].shape[1]
+        return torch.cat(
+            [torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs if len(o)]
+        )
+
+    def train_step(self, batch: Batch, epochs: int, seed: int, row_multiple: int = 1) -> dict:
+        """Epochs over shuffled mini-batches; each mini-batch split across ranks with global counts."""
+        g = torch.Generator().manual_seed(seed)
+        units = len(batch) // row_multiple
+        per_rank: list[list[Batch]] = [[] for _ in self.workers]
+        counts: list[dict] = []
+        mini_units = max(1, self.mini // row_multiple) if self.mini <= len(batch) else units
+        for _ in range(epochs):
+            perm = torch.randperm(units, generator=g).tolist()
+            for s in range(0, units, mini_units):
+                idx = [
+                    u * row_multiple + j
+                    for u in perm[s : s + mini_units]
+                    for j in range(row_multiple)
+                ]
+                mb = batch.select(idx)
+                mask = mb["response_mask"]
+                cnt = {
+                    "num_tokens": int(mask.sum().item()),
+                    "num_seqs": len(mb),
+                    "max_len": int(self.cfg.rollout.max_new_tokens),
+                }
+                counts.append(cnt)
+                mb = _pad_rows(mb, self.world * row_multiple)
+                for r, part in enumerate(_even_chunks(mb, self.world, row_multiple)):
+                    per_rank[r].append(part)
+        refs = [ray.put(p) for p in per_rank]
+        results = ray.get(
+            [
+                w.train.remote(ref, counts, self.micro, row_multiple)
+                for w, ref in zip(self.workers, refs)
+            ]
+        )
+        return {
+            k: sum(r.get(k, 0.0) for r in results) / (1 if k.startswith("loss/") else len(results))
+            for k in results[0]
+        }
+
+    def export_weights(self, bucket_mb: int) -> list:
+        return ray.get([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
+
+    def checksums(self, names: list[str]) -> dict[str, str]:
+        return ray.get([w.checksums.remote(names) for w in self.workers])[0]
+
+    def param_names(self) -> list[str]:
+        return ray.get(self.workers[0].param_names.remote())
+
+    def save(self, path: str, client_state: dict) -> None:
+        ray.get([w.save.remote(path, client_state) for w in self.workers])
+
+    def load(self, path: str) -> dict:
+        return ray.get([w.load.remote(path) for w in self.workers])[0]
+
+    def export_hf(self, path: str) -> None:
+        ray.get([w.export_hf.remote(path) for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+
+def _even_chunks(batch: Batch, n: int, row_multiple: int = 1) -> list[Batch]:
+    """Split rows into n contiguous parts (sizes differ by at most one unit)."""
+    units = len(batch) // row_multiple
+    bounds = [round(i * units / n) * row_multiple for i in range(n + 1)]
+    return [batch.slice(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+def _pad_rows(batch: Batch, multiple: int) -> Batch:
+    """Pad with copies of leading rows whose response_mask is 0: they add nothing to any loss
+    (global counts exclude them) but give every rank the same number of forward passes."""
+    extra = (-len(batch)) % multiple
+    if not extra:
+        return batch
+    pad = batch.select(list(range(extra)))
+    pad.tensors["response_mask"] = torch.zeros_like(pad.tensors["response_mask"])
+    return Batch.concat([batch, pad])

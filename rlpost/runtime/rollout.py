@@ -1,0 +1,173 @@
+"""RolloutGroup: k vLLM engine actors; token-in, token-out generation with sampling log-probs and the
+policy version that produced every sample."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from rlpost.config import Config
+
+
+def _sampling_params(n: int, max_tokens: int, r: Any, seed: int | None, **kw: Any):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        max_tokens=max_tokens,
+        temperature=kw.get("temperature", r.temperature),
+        top_p=kw.get("top_p", r.top_p),
+        top_k=kw.get("top_k", r.top_k),
+        stop=kw.get("stop", r.stop) or None,
+        seed=seed,
+        logprobs=0,
+        skip_special_tokens=True,
+        include_stop_str_in_output=kw.get("include_stop", False),
+    )
+
+
+class VLLMEngine:
+    """One vLLM ``LLM`` inside a Ray actor (in-process engine core: weight buckets arrive as object
+    refs and are read lazily by the worker extension, one bucket at a time)."""
+
+    def __init__(self, cfg: Config, model_path: str, index: int) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gb))))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.index = index
+        self.version = 0
+        r = cfg.rollout
+        t0 = time.time()
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=cfg.model.tokenizer or model_path,
+            dtype=r.dtype,
+            enforce_eager=r.enforce_eager,
+            seed=r.seed + index,
+            tensor_parallel_size=r.tensor_parallel,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            max_model_len=r.max_model_len,
+            worker_extension_cls="rlpost.runtime.vllm_ext.WeightSyncExtension",
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        # The first big batch of a fresh engine runs several times slower: warm it up.
+        self.llm.generate(
+            [{"prompt_token_ids": [1, 2, 3]}],
+            _sampling_params(2, 4, r, seed=0),
+            use_tqdm=False,
+        )
+        self.startup_s = time.time() - t0
+
+    def ready(self) -> float:
+        return self.startup_s
+
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, max_tokens: int, seeds: list[int] | None, **kw
+    ) -> dict:
+        r = self.cfg.rollout
+        prompts = [{"prompt_token_ids": p} for p in prompt_ids]
+        if seeds is None:
+            params: Any = _sampling_params(n, max_tokens, r, None, **kw)
+        else:
+            params = [_sampling_params(n, max_tokens, r, s, **kw) for s in seeds]
+        t0 = time.time()
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for o in outs:
+            samples = []
+            for c in o.outputs:
+                lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
+                samples.append(
+                    {
+                        "token_ids": list(c.token_ids),
+                        "text": c.text,
+                        "logprobs": lps,
+                        "cumulative_logprob": c.cumulative_logprob,
+                        "finish_reason": c.finish_reason,
+                        "version": self.version,
+                    }
+                )
+            results.append(samples)
+        return {"samples": results, "seconds": time.time() - t0}
+
+    def load_weights(self, bucket_refs: list, version: int) -> int:
+        count = self.llm.collective_rpc("rlpost_load_buckets", args=(bucket_refs,))[0]
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return count
+
+    def checksums(self, names: list[str]) -> dict[str, str]:
+        return self.llm.collective_rpc("rlpost_checksums", args=(names,))[0]
+
+    def get_version(self) -> int:
+        return self.version
+
+
+class RolloutGroup:
+    """k engines; a batch of prompts is split evenly across them and generated concurrently."""
+
+    def __init__(self, cfg: Config, model_path: str, placed: Any = None) -> None:
+        self.cfg = cfg
+        r = cfg.rollout
+        actor = ray.remote(VLLMEngine)
+        self.engines = []
+        for i in range(r.engines):
+            opts: dict[str, Any] = {
+                "num_cpus": r.cpus_per_engine,
+                "num_gpus": r.gpus_per_engine * r.tensor_parallel,
+                "name": None,
+            }
+            if placed is not None:
+                opts["scheduling_strategy"] = placed.strategy("rollout", i)
+            opts.pop("name")
+            self.engines.append(actor.options(**opts).remote(cfg, model_path, i))
+        self.startup_s = max(ray.get([e.ready.remote() for e in self.engines]))
+        self.version = 0
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_tokens: int | None = None,
+        seeds: list[int] | None = None,
+        **kw: Any,
+    ) -> tuple[list[list[dict]], float]:
+        """Per prompt, n sample dicts (token_ids, text, logprobs, finish_reason, version)."""
+        max_tokens = max_tokens or self.cfg.rollout.max_new_tokens
+        k = len(self.engines)
+        parts = [list(range(i, len(prompt_ids), k)) for i in range(k)]
+        futures = []
+        for e, idx in zip(self.engines, parts):
+            if idx:
+                s = [seeds[i] for i in idx] if seeds is not None else None
+                futures.append(
+                    (idx, e.generate.remote([prompt_ids[i] for i in idx], n, max_tokens, s, **kw))
+                )
+        out: list[list[dict]] = [[] for _ in prompt_ids]
+        secs = 0.0
+        for idx, fut in futures:
+            res = ray.get(fut)
+            secs = max(secs, res["seconds"])
+            for i, samples in zip(idx, res["samples"]):
+                out[i] = samples
+        return out, secs
+
+    def load_weights(self, bucket_refs: list, version: int) -> None:
+        ray.get([e.load_weights.remote(bucket_refs, version) for e in self.engines])
+        self.version = version
+
+    def checksums(self, names: list[str]) -> list[dict[str, str]]:
+        return ray.get([e.checksums.remote(names) for e in self.engines])
+
+    def shutdown(self) -> None:
+        for e in self.engines:
+            ray.kill(e)
+        self.engines = []

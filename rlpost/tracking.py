@@ -1,0 +1,153 @@
+"""Run directory, metrics JSONL (always), console progress, wandb / tensorboard when enabled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rlpost.config import Config, dump_yaml, to_dict
+
+log = logging.getLogger("rlpost")
+
+SHOWN = ["reward/mean", "kl/mean", "loss/policy", "timing_s/step", "perf/tokens_per_s"]
+
+
+def setup_logging(path: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path is not None:
+        handlers.append(logging.FileHandler(path))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True
+    )
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else v
+    return v
+
+
+class Timer:
+    """Collects ``timing_s/<phase>`` durations for one step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"timing_s/{phase}"] = self.times.get(f"timing_s/{phase}", 0.0) + (
+                time.perf_counter() - t0
+            )
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.tty = sys.stderr.isatty() and cfg.logging.progress
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self.wandb = None
+        if cfg.logging.wandb:
+            import wandb
+
+            if cfg.logging.wandb_mode:
+                os.environ["WANDB_MODE"] = cfg.logging.wandb_mode
+            self.wandb = wandb.init(
+                project=cfg.logging.wandb_project,
+                name=run_dir.name,
+                dir=str(run_dir),
+                config=to_dict(cfg),
+                resume="allow",
+                id=run_dir.name.replace("/", "-"),
+            )
+        self.tb = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        shown = " ".join(
+            f"{k.split('/')[-1] if k != 'reward/mean' else 'reward'}={row[k]:.4g}"
+            for k in SHOWN
+            if isinstance(row.get(k), (int, float))
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(shown)
+            self.bar.update(1)
+        elif step % max(1, self.cfg.logging.log_every) == 0:
+            log.info("step %d %s", step, shown)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            import wandb
+
+            wandb.teardown()  # flush the offline run file now, not at interpreter exit
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_wandb_history(wandb_file: str | Path) -> list[dict[str, Any]]:
+    """History rows of an offline ``run-*.wandb`` file (a LevelDB-style log of protobuf records),
+    so tests and users can check what an offline run recorded without syncing it."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(wandb_file).read_bytes()
+    block, pos, chunks, rows = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        piece, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        chunks = piece if kind in (1, 2) else chunks + piece
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(chunks)
+            if rec.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                             for i in rec.history.item})
+    return rows
