@@ -96,6 +96,9 @@ class RolloutConfig:
     max_model_len: int = _f(1024, "vLLM max sequence length")
     sync_every: int = _f(1, "sync learner weights into the engines every k optimizer steps")
     sync_bucket_mb: int = _f(64, "weight-sync bucket size")
+    sync_transport: Literal["auto", "object_store", "nccl"] = _f(
+        "auto", "weight sync: Ray object store, or an NCCL broadcast group (split GPUs); auto picks"
+    )
     verify_sync: bool = _f(False, "after each sync compare per-tensor checksums learner vs engines")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
     gpus_per_engine: float = _f(0.0, "Ray GPUs per engine (0 on CPU)")

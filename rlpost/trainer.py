@@ -52,13 +52,24 @@ def connect_ray(cfg: Config) -> None:
         ray.init(**kw)
 
 
-def sync_weights(learners: Any, rollout: Any, version: int, bucket_mb: int,
-                 verify: bool = False) -> dict[str, float]:
-    """Learner → every engine: gathered params streamed as object-store buckets. With ``verify``,
-    compare per-tensor checksums of every tensor the engines keep in checkpoint layout (vLLM
-    fuses q/k/v and repacks linear weights on CPU, so those are compared through log-probs)."""
-    refs = learners.export_weights(bucket_mb)
-    rollout.load_weights(refs, version)
+def sync_weights(
+    learners: Any,
+    rollout: Any,
+    version: int,
+    bucket_mb: int,
+    verify: bool = False,
+    transport: str = "object_store",
+) -> dict[str, float]:
+    """Learner → every engine. ``object_store``: gathered params streamed as safetensors buckets
+    (any device). ``nccl``: one broadcast group learner rank 0 → all vLLM workers (split GPUs).
+    With ``verify``, compare per-tensor checksums of every tensor the engines keep in checkpoint
+    layout (vLLM fuses q/k/v and repacks linear weights on CPU: those are covered by
+    ``rollout/logprob_diff``)."""
+    if transport == "nccl":
+        meta = learners.nccl_meta()
+        ray.get(rollout.nccl_receive(meta, version) + learners.nccl_broadcast())
+    else:
+        rollout.load_weights(learners.export_weights(bucket_mb), version)
     if not verify:
         return {}
     names = learners.param_names()
@@ -67,6 +78,16 @@ def sync_weights(learners: Any, rollout: Any, version: int, bucket_mb: int,
     compared = [n for n in names if all(n in t for t in theirs)]
     bad = [n for n in compared if any(t[n] != mine[n] for t in theirs)]
     return {"sync/checksummed": float(len(compared)), "sync/checksum_mismatch": float(len(bad))}
+
+
+def choose_transport(cfg: Config) -> str:
+    r = cfg.rollout
+    if r.sync_transport != "auto":
+        return r.sync_transport
+    split_gpus = (
+        cfg.placement.mode == "split" and r.gpus_per_engine > 0 and torch.cuda.is_available()
+    )
+    return "nccl" if split_gpus else "object_store"
 
 
 class Trainer:
@@ -141,6 +162,13 @@ class Trainer:
             self.critic,
             self.learners,
         )
+        self.transport = choose_transport(cfg)
+        if self.transport == "nccl" and self.rollout is not None:
+            from rlpost.runtime.learner import free_port
+
+            host, port = self.learners.master_addr, free_port()  # rank 0 hosts the NCCL store
+            world = 1 + cfg.rollout.engines * cfg.rollout.tensor_parallel
+            ray.get(self.rollout.nccl_init(host, port) + self.learners.nccl_init(host, port, world))
         self.startup_s = time.time() - t0
         log.info(
             "actors up in %.1fs (policy %.2fM params)",
@@ -174,6 +202,7 @@ class Trainer:
                 self.rollout,
                 self.exp.policy_version,
                 self.cfg.rollout.sync_bucket_mb,
+                transport=self.transport,
             )
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -203,43 +232,20 @@ class Trainer:
             while self.step < stop_at:
                 timer, t_step = Timer(), time.perf_counter()
                 exp.step, exp.gen_seconds = self.step, 0.0
-                prompts = self.sampler.next(cfg.trainer.prompts_per_step)
 
+                prompts = self.sampler.next(cfg.trainer.prompts_per_step)
                 with timer("generate"):
                     batch = algo.collect(exp, prompts)
-                with timer("score"):
+                with timer("score"):  # reward, reference, teacher, critic: concurrently
                     batch, metrics = exp.annotate(batch, self.needs)
                 metrics.update(algo.prepare(batch))
-                batch.meta["step"] = self.step
                 with timer("train"):
-                    seed = cfg.trainer.seed * 7919 + self.step
-                    metrics.update(
-                        self.learners.train_step(
-                            batch, cfg.learner.epochs, seed, self.needs.row_multiple
-                        )
-                    )
-                    if self.critic is not None:
-                        crit = self.critic.train_step(batch, cfg.learner.epochs, seed)
-                        metrics.update(
-                            {
-                                k if k.startswith(("loss", "critic")) else f"critic/{k}": v
-                                for k, v in crit.items()
-                            }
-                        )
+                    metrics.update(self._train(batch))
                 metrics.update(algo.update(metrics))
                 self.step += 1
-                if self.rollout is not None and (
-                    self.step % cfg.rollout.sync_every == 0 or self.step == stop_at
-                ):
+                if self._sync_due(stop_at):
                     with timer("sync"):
-                        exp.policy_version += 1
-                        metrics.update(sync_weights(
-                            self.learners,
-                            self.rollout,
-                            exp.policy_version,
-                            cfg.rollout.sync_bucket_mb,
-                            cfg.rollout.verify_sync,
-                        ))
+                        metrics.update(self._sync())
 
                 metrics.update(timer.times)
                 metrics.update(self._batch_metrics(batch, exp, time.perf_counter() - t_step))
@@ -260,6 +266,38 @@ class Trainer:
             tracker.close()
         return self.run_dir
 
+    def _train(self, batch: Any) -> dict[str, float]:
+        """Learner (and critic) epochs over mini-batches; colocated engines sleep meanwhile."""
+        cfg = self.cfg
+        batch.meta["step"] = self.step
+        seed = cfg.trainer.seed * 7919 + self.step
+        colocated = self.rollout is not None and cfg.placement.mode == "colocate"
+        if colocated:
+            self.rollout.sleep()
+        metrics = self.learners.train_step(batch, cfg.learner.epochs, seed, self.needs.row_multiple)
+        if self.critic is not None:
+            crit = self.critic.train_step(batch, cfg.learner.epochs, seed)
+            metrics.update(
+                {
+                    k if k.startswith(("loss/", "critic/")) else f"critic/{k}": v
+                    for k, v in crit.items()
+                }
+            )
+        if colocated:
+            self.rollout.wake_up()
+        return metrics
+
+    def _sync_due(self, stop_at: int) -> bool:
+        every = self.cfg.rollout.sync_every
+        return self.rollout is not None and (self.step % every == 0 or self.step == stop_at)
+
+    def _sync(self) -> dict[str, float]:
+        self.exp.policy_version += 1
+        r = self.cfg.rollout
+        return sync_weights(
+            self.learners, self.rollout, self.exp.policy_version, r.sync_bucket_mb, r.verify_sync
+        )
+
     def _batch_metrics(self, batch: Any, exp: Any, step_s: float) -> dict[str, float]:
         mask = batch["response_mask"]
         resp_tokens = float(mask.sum())
@@ -275,6 +313,11 @@ class Trainer:
             "policy_version": float(exp.policy_version),
             "rollout/sample_version_min": float(min(versions)),
             "batch/rows": float(len(batch)),
+            **(
+                {"env/turns_mean": sum(batch["turns"]) / max(len(batch), 1)}
+                if "turns" in batch
+                else {}
+            ),
         }
 
     def _check_finite(self, metrics: dict[str, Any]) -> None:

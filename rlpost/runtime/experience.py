@@ -45,6 +45,8 @@ class ActorExperience:
         return [base + i for i in range(count)]
 
     def generate(self, prompts: list[dict], n: int, **sampling: Any) -> Batch:
+        if self.cfg.data.env:
+            return self.generate_episodes(prompts, n, **sampling)
         ids = [p["prompt_ids"] for p in prompts]
         out, secs = self.rollout.generate(ids, n, seeds=self._seeds(len(ids)), **sampling)
         self.gen_seconds += secs
@@ -69,6 +71,45 @@ class ActorExperience:
         batch.columns.update(
             completion=completion, group_id=group, policy_version=version, finish_reason=finish
         )
+        return batch
+
+    def generate_episodes(self, prompts: list[dict], n: int, **sampling: Any) -> Batch:
+        """Multi-turn: vLLM drives every episode turn by turn; environment tokens are masked out
+        of the loss; the environment's rewards are the scores."""
+        from envs.multiturn import make_envs, rollout_multiturn
+
+        rows = [p for p in prompts for _ in range(n)]
+        envs = make_envs(self.cfg.data.env, len(rows))
+        seeds = iter(range(10**9))
+
+        def generate(prompt_ids: list[list[int]], max_tokens: int, stop: list[str]) -> list[dict]:
+            base = self._seeds(1)[0] + 1000 * next(seeds)
+            out, secs = self.rollout.generate(
+                prompt_ids,
+                1,
+                max_tokens=max_tokens,
+                seeds=[base + i for i in range(len(prompt_ids))],
+                stop=stop,
+                include_stop=True,
+                **sampling,
+            )
+            self.gen_seconds += secs
+            return [samples[0] for samples in out]
+
+        d = self.cfg.data
+        batch = rollout_multiturn(
+            generate,
+            self.tokenizer,
+            envs,
+            rows,
+            d.max_turns,
+            self.cfg.rollout.max_new_tokens,
+            chat_template=d.chat_template,
+            system_prompt=d.system_prompt,
+            max_len=self.cfg.rollout.max_model_len,
+        )
+        batch.columns["group_id"] = [self.step * 100_000 + i // n for i in range(len(rows))]
+        batch.columns["policy_version"] = [self.policy_version] * len(rows)
         return batch
 
     def generate_text(

@@ -307,6 +307,7 @@ class LearnerGroup:
             self.workers.append(
                 actor.options(**opts).remote(cfg, role, rank, self.world, addr, port)
             )
+        self.master_addr = addr
         rows = cfg.trainer.prompts_per_step * cfg.rollout.n
         mini = lrn.mini_batch_size or rows
         per_rank = mini // self.world
@@ -374,6 +375,15 @@ class LearnerGroup:
 
     def param_names(self) -> list[str]:
         return ray.get(self.workers[0].param_names.remote())
+
+    def nccl_init(self, host: str, port: int, world: int) -> list:
+        return [w.nccl_init.remote(host, port, world) for w in self.workers]
+
+    def nccl_meta(self) -> list:
+        return ray.get(self.workers[0].nccl_meta.remote())
+
+    def nccl_broadcast(self) -> list:
+        return [w.nccl_broadcast.remote() for w in self.workers]
 
     def save(self, path: str, client_state: dict) -> None:
         ray.get([w.save.remote(path, client_state) for w in self.workers])

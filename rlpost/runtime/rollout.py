@@ -56,6 +56,7 @@ class VLLMEngine:
             worker_extension_cls="rlpost.runtime.vllm_ext.WeightSyncExtension",
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
+            enable_sleep_mode=cfg.placement.mode == "colocate",
             trust_remote_code=cfg.model.trust_remote_code,
         )
         # The first big batch of a fresh engine runs several times slower: warm it up.
@@ -106,6 +107,21 @@ class VLLMEngine:
 
     def checksums(self, names: list[str]) -> dict[str, str]:
         return self.llm.collective_rpc("rlpost_checksums", args=(names,))[0]
+
+    def nccl_init(self, host: str, port: int, rank_offset: int, world: int) -> None:
+        self.llm.collective_rpc("rlpost_nccl_init", args=(host, port, rank_offset, world))
+
+    def nccl_receive(self, meta: list, version: int) -> None:
+        self.llm.collective_rpc("rlpost_nccl_receive", args=(meta,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def sleep(self) -> None:
+        """Colocated GPUs: free weights and KV cache while the learners train."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def get_version(self) -> int:
         return self.version
@@ -166,6 +182,24 @@ class RolloutGroup:
 
     def checksums(self, names: list[str]) -> list[dict[str, str]]:
         return ray.get([e.checksums.remote(names) for e in self.engines])
+
+    def nccl_init(self, host: str, port: int) -> list:
+        """Engine i's TP workers take group ranks 1 + i*tp … ; learner rank 0 is rank 0."""
+        tp = self.cfg.rollout.tensor_parallel
+        world = 1 + len(self.engines) * tp
+        return [
+            e.nccl_init.remote(host, port, 1 + i * tp, world) for i, e in enumerate(self.engines)
+        ]
+
+    def nccl_receive(self, meta: list, version: int) -> list:
+        self.version = version
+        return [e.nccl_receive.remote(meta, version) for e in self.engines]
+
+    def sleep(self) -> None:
+        ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake_up(self) -> None:
+        ray.get([e.wake_up.remote() for e in self.engines])
 
     def shutdown(self) -> None:
         for e in self.engines:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from rlpost.runtime.nccl_sync import NcclReceiverExtension
+
 
 def _tensors(blob: Any) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
@@ -31,7 +33,7 @@ def tensor_checksum(t: torch.Tensor) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-class WeightSyncExtension:
+class WeightSyncExtension(NcclReceiverExtension):
     """Methods become callable through ``LLM.collective_rpc(name, args=...)``."""
 
     def rlpost_load_buckets(self, buckets: list[Any]) -> int:

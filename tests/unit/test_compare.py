@@ -1,0 +1,321 @@
+"""Compare / eval / SFT pieces that need no Ray: metrics, CSV, report, plots, compare files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlpost import compare as cmp
+from rlpost.config import ConfigError
+from rlpost.evaluate import (
+    Scored,
+    correctness_fn,
+    kl_metrics,
+    pass_at_k,
+    sample_seeds,
+    score_pass,
+    summarize,
+    unique_fraction,
+    write_json,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- eval metrics
+def test_pass_at_k_matches_the_combinatorial_formula():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 4) == 1.0
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    with pytest.raises(ValueError, match="k=5"):
+        pass_at_k(4, 1, 5)
+
+
+def test_unique_fraction_is_zero_on_collapse_and_one_when_all_differ():
+    assert unique_fraction([["7", "7", "7", "7"]]) == 0.0
+    assert unique_fraction([["1", "2", "3", "4"]]) == 1.0
+    assert unique_fraction([["a", "a", "b", "b"], ["x", "y"]]) == pytest.approx((1 / 3 + 1) / 2)
+    assert unique_fraction([["only one"]]) == 0.0
+
+
+def test_kl_metrics_hand_computed():
+    # one completion of two tokens; position 0 is the prompt (mask 0)
+    logp = torch.log(torch.tensor([[1.0, 0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[1.0, 0.25, 0.5]]))
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    m = kl_metrics(logp, ref, mask)
+    k3 = 0.5 - 1 - math.log(0.5)  # exp(d) - 1 - d with d = log(0.25/0.5)
+    assert m["kl"] == pytest.approx(k3, abs=1e-6)
+    assert m["kl_k1"] == pytest.approx(math.log(2), abs=1e-6)
+    assert m["kl_token"] == pytest.approx(k3 / 2, abs=1e-6)
+    same = kl_metrics(logp, logp, mask)
+    assert same["kl"] == 0.0 and same["kl_k1"] == 0.0
+
+
+def test_summarize_greedy_and_sampled_passes():
+    greedy = Scored([["4"], ["9"]], [[2], [4]], [[1.0], [0.0]], [[True], [False]])
+    sampled = Scored(
+        [["4", "4", "5", "4"], ["9", "8", "1", "2"]],
+        [[2, 2, 2, 2], [2, 2, 2, 2]],
+        [[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, None]],
+        [[True, True, False, True], [False, False, False, False]],
+    )
+    m = summarize(greedy, sampled, ks=(1, 4))
+    assert m["accuracy"] == 0.5
+    assert m["reward_mean"] == 0.5
+    assert m["length_mean"] == 3.0
+    assert m["accuracy_sampled"] == pytest.approx(3 / 8)
+    assert m["pass@1"] == pytest.approx((0.75 + 0.0) / 2)
+    assert m["pass@4"] == pytest.approx(0.5)
+    assert m["reward_sampled"] == pytest.approx(3 / 7)  # the None row is left out
+    assert m["diversity"] == pytest.approx((1 / 3 + 1) / 2)
+    assert 0 < m["distinct_1"] <= 1
+
+
+def test_summarize_without_greedy_uses_the_samples():
+    sampled = Scored([["a", "b"]], [[1, 3]], [[1.0, 0.0]], None)
+    m = summarize(None, sampled)
+    assert m["reward_mean"] == 0.5 and m["length_mean"] == 2.0
+    assert "accuracy" not in m
+
+
+def test_correctness_and_scoring_with_the_arithmetic_task():
+    rows = [
+        {"prompt": "What is 2 + 2? Answer with the number only.", "answer": "4", "prompt_ids": [1]},
+        {"prompt": "What is 3 + 5? Answer with the number only.", "answer": "8", "prompt_ids": [1]},
+    ]
+    correct = correctness_fn("task:arithmetic?digits=1&ops=+", rows)
+    assert correct(rows, ["4", "7"]) == [True, False]
+    samples = [
+        [{"text": "4", "token_ids": [5, 2]}, {"text": "5", "token_ids": [6, 2]}],
+        [{"text": "8", "token_ids": [7, 2]}, {"text": "8", "token_ids": [7, 2]}],
+    ]
+    seen = {}
+
+    def reward_fn(prompts, texts, cols):
+        seen["cols"] = cols
+        return [float(t == "8") for t in texts]
+
+    s = score_pass(rows, samples, reward_fn, correct)
+    assert s.correct == [[True, False], [True, True]]
+    assert s.rewards == [[0.0, 0.0], [1.0, 1.0]]
+    assert s.lengths == [[2, 2], [2, 2]]
+    assert seen["cols"]["answer"] == ["4", "4", "8", "8"] and "prompt_ids" not in seen["cols"]
+    # file data without answers: no accuracy
+    assert correctness_fn("data.jsonl", [{"prompt": "hi", "answer": None}]) is None
+    by_answer = correctness_fn("data.jsonl", rows)
+    assert by_answer(rows, ["The answer is 4", "nine"]) == [True, False]
+
+
+def test_sample_seeds_are_per_prompt_and_stable():
+    assert sample_seeds(3, 0) == sample_seeds(3, 0)
+    assert len(set(sample_seeds(3, 0))) == 3
+    assert sample_seeds(2, 1) != sample_seeds(2, 0)
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    path = write_json({"accuracy": float("nan"), "kl": 0.5}, tmp_path / "r" / "e.json")
+    assert path.read_text().count("null") == 1 and '"kl": 0.5' in path.read_text()
+
+
+# ----------------------------------------------------------------------------- compare results
+def _metrics(rewards, accs, kls, step_s=2.0, every=2, rows=8):
+    out = []
+    for i, r in enumerate(rewards, start=1):
+        m = {"step": i, "timing_s/step": step_s, "batch/rows": rows, "reward/mean": r}
+        if i % every == 0:
+            j = i // every - 1
+            m.update(
+                {
+                    "eval/accuracy": accs[j],
+                    "eval/reward_mean": accs[j],
+                    "eval/kl": kls[j],
+                    "eval/diversity": 0.5,
+                    "eval/accuracy_sampled": accs[j] / 2,
+                    "eval/pass@1": 0.1,
+                    "eval/pass@4": 0.3,
+                }
+            )
+        out.append(m)
+    return out
+
+
+def test_rows_from_metrics_accumulates_wall_time_and_samples():
+    rows = cmp.rows_from_metrics("grpo", 0, _metrics([0.0, 1.0, 0.5, 0.5], [0.2, 0.4], [0.1, 0.3]))
+    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["wall_s"] for r in rows] == [4.0, 8.0]
+    assert [r["samples"] for r in rows] == [16, 32]
+    assert [r["train_reward"] for r in rows] == [0.5, 0.5]  # mean since the last eval
+    assert rows[1]["accuracy"] == 0.4 and rows[1]["kl"] == 0.3
+    assert rows[0]["pass_at_k"] == 0.3  # the largest k
+    assert rows[0]["accuracy_sampled"] == 0.1
+
+
+def _rows():
+    rows = []
+    base = {"reward": 0.1, "accuracy": 0.1, "diversity": 0.9}
+    for alg, finals in (("grpo", (0.3, 0.5)), ("grpo_d", (0.6, 0.6))):
+        for seed, acc in enumerate(finals):
+            rows.append(cmp.baseline_row(alg, seed, {**base, "reward_mean": 0.1}))
+            rows += cmp.rows_from_metrics(alg, seed, _metrics([0.5] * 4, [acc / 2, acc], [1, 2]))
+    return rows
+
+
+def test_summary_and_winners_with_spread():
+    rows = _rows()
+    summ = cmp.summary(rows)
+    mu, sd, n = summ["grpo"]["accuracy"]
+    assert (mu, n) == (pytest.approx(0.4), 2)
+    assert sd == pytest.approx(math.sqrt(0.02))  # sample std of 0.3, 0.5
+    assert summ["grpo_d"]["accuracy"][:2] == (pytest.approx(0.6), 0.0)
+    assert summ["grpo"]["accuracy_gain"][0] == pytest.approx(0.3)  # over the 0.1 baseline
+    lines = cmp.winners(summ)
+    acc_line = next(ln for ln in lines if "final greedy accuracy" in ln)
+    assert "grpo_d (0.6" in acc_line and "ahead of grpo" in acc_line
+    assert "within the spread" in acc_line  # 0.2 gap <= 0.141 + 0
+    kl_line = next(ln for ln in lines if "lowest KL" in ln)
+    assert kl_line.startswith("**lowest KL")
+
+
+def test_winner_with_one_seed_says_indicative():
+    rows = [r for r in _rows() if r["seed"] == 0]
+    acc_line = next(ln for ln in cmp.winners(cmp.summary(rows)) if "greedy accuracy" in ln)
+    assert "one seed" in acc_line
+
+
+def test_csv_roundtrip_keeps_nan_as_empty(tmp_path):
+    rows = _rows()
+    rows[0]["kl"] = float("nan")
+    path = cmp.write_csv(rows, tmp_path / "results.csv")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["algorithm", "seed", "step"] and "kl" in header and "wall_s" in header
+    back = cmp.read_csv(path)
+    assert len(back) == len(rows)
+    assert math.isnan(back[0]["kl"])
+    assert back[-1]["accuracy"] == rows[-1]["accuracy"] and back[-1]["step"] == 4
+
+
+def test_plots_and_report(tmp_path):
+    spec = cmp.CompareSpec(
+        name="t", runs=[cmp.RunSpec("grpo", "a.yaml"), cmp.RunSpec("grpo_d", "b.yaml")]
+    )
+    rows = _rows()
+    plots = cmp.write_plots(rows, tmp_path, "t")
+    names = sorted(p.name for p in plots)
+    assert names == sorted([f for _, _, f in cmp.PLOTS] + [cmp.FRONTIER])
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    statuses = [{"run": "grpo-s0", "ok": True}, {"run": "grpo_d-s1", "ok": False, "returncode": 1,
+                                                  "log": "logs/grpo_d-s1.log"}]  # fmt: skip
+    text = cmp.render_report(spec, rows, statuses, plots, ["rlpost compare x.yaml"])
+    assert "![accuracy_vs_kl](accuracy_vs_kl.png)" in text
+    assert "## Failed runs" in text and "grpo_d-s1" in text
+    assert "| grpo_d | 2 | 4 | 0.6 ± 0 |" in text
+    assert "Base model accuracy (step 0): 0.1" in text
+    assert "rlpost compare x.yaml" in text
+
+
+def test_load_spec_and_run_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "name: demo\n"
+        "overrides: {model.path: tiny:nano, rollout.n: 2}\n"
+        "runs:\n"
+        "  - {label: a, recipe: launch/recipes/grpo_tiny.yaml}\n"
+        "  - {recipe: launch/recipes/grpo_d_tiny.yaml, overrides: [algorithm.kl.end=0.1]}\n"
+        "seeds: 2\n"
+        "budget: {steps: 6}\n"
+        "eval_every: 3\n"
+    )
+    spec = cmp.load_spec(f, ["trainer.prompts_per_step=2"])
+    assert [r.label for r in spec.runs] == ["a", "grpo_d_tiny"]
+    assert spec.seeds == [0, 1] and spec.steps == 6
+    assert spec.overrides == ["model.path=tiny:nano", "rollout.n=2", "trainer.prompts_per_step=2"]
+    ov = cmp.run_overrides(spec, spec.runs[1], 1)
+    assert "algorithm.kl.end=0.1" in ov and "trainer.seed=1" in ov and "trainer.steps=6" in ov
+    assert "trainer.eval_every=3" in ov and "reference.enabled=on" in ov
+    assert f"trainer.output_dir={tmp_path.parent / 'x'}" not in ov
+    assert "trainer.run_name=grpo_d_tiny-s1" in ov
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("runs: []\n", "non-empty list"),
+        ("bogus: 1\nruns: [{recipe: a.yaml}]\n", r"unknown key\(s\) \['bogus'\]"),
+        ("runs: [{recipe: a.yaml, label: x}, {recipe: b.yaml, label: x}]\n", "duplicate label"),
+        ("runs: [{recipe: a.yaml}]\nbudget: {epochs: 3}\n", "budget"),
+        ("runs: [{recipe: a.yaml}]\neval_every: 0\n", "eval_every: must be >= 1"),
+    ],
+)
+def test_load_spec_errors_name_the_key(tmp_path, text, match):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        cmp.load_spec(f)
+
+
+def test_shipped_compare_files_parse_and_their_runs_build():
+    files = sorted((ROOT / "launch" / "compare").glob("*.yaml"))
+    assert files, "launch/compare/ has no compare files"
+    for f in files:
+        spec = cmp.load_spec(f)
+        for run in spec.runs:
+            assert (ROOT / run.recipe).exists(), f"{f.name}: {run.recipe} missing"
+
+
+# ----------------------------------------------------------------------------- SFT rows
+class _Tok:
+    eos_token_id = 2
+    pad_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[10 + int(c) for c in t] for t in texts]}
+
+
+def test_sft_rows_mask_the_target_and_eos():
+    from algorithms.sft import sft_rows, target_text
+
+    prompts = [{"prompt_ids": [5, 6, 7], "answer": "12"}, {"prompt_ids": [5], "answer": "3"}]
+    b = sft_rows(prompts, ["12", "3"], _Tok(), pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 11, 12, 2], [5, 13, 2, 0, 0, 0]]
+    assert b["response_mask"].tolist() == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0]]
+    assert b["answer"] == ["12", "3"] and b["completion"] == ["12", "3"]
+    assert b["scores"].tolist() == [0.0, 0.0]  # present, so the reward group is not called
+    assert target_text({"response": "hi"}, None) == "hi"
+    with pytest.raises(ValueError, match="row 4 has no target"):
+        target_text({"row": 4, "prompt": "x"}, None)
+
+
+def test_sft_loss_is_the_token_mean_nll():
+    from algorithms.sft import SFT
+    from rlpost.batch import Batch
+    from rlpost.config import load_config
+
+    cfg = load_config(None, ["model.path=x", "algorithm.name=sft"], validate_paths=False)
+    algo = SFT(cfg)
+    assert algo.needs().rollout is False
+    logp = torch.log(torch.tensor([[1.0, 0.5, 0.25], [1.0, 0.5, 1.0]]))
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    batch = Batch({"response_mask": mask})
+    loss, m = algo.loss(logp, batch, {"num_tokens": 3, "num_seqs": 2, "max_len": 2})
+    expected = (math.log(2) + math.log(4) + math.log(2)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert m["loss/sft"] == pytest.approx(expected, rel=1e-5)
+    cfg_eval = load_config(
+        None, ["model.path=x", "algorithm.name=sft", "trainer.eval_every=2"], validate_paths=False
+    )
+    assert SFT(cfg_eval).needs().rollout is True
