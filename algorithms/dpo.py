@@ -64,8 +64,10 @@ class DPO(Algorithm):
         self.collected: dict[str, float] = {}
 
     def needs(self) -> Needs:
-        n = 2 if self.offline else self.cfg.rollout.n
-        return Needs(samples_per_prompt=n, reference=True, row_multiple=2)
+        if self.offline:  # nothing to generate or score: engines only for in-loop evaluation
+            rollout = bool(self.cfg.trainer.eval_every)
+            return Needs(2, reference=True, row_multiple=2, reward=False, rollout=rollout)
+        return Needs(self.cfg.rollout.n, reference=True, row_multiple=2)
 
     # -- driver: pairs ------------------------------------------------------------------------
     def collect(self, exp, prompts: list[dict]) -> Batch:

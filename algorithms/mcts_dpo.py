@@ -154,11 +154,12 @@ class MCTSDPO(Algorithm):
             "mcts/relaxed_margin": float(relaxed),
             "mcts/self_eval_mean": sum(judged) / max(len(judged), 1),
             "mcts/outcome_mean": sum(outs) / max(len(outs), 1),
-            "mcts/terminal_nodes": float(len(outs)),
+            "mcts/scored_leaves": float(len(outs)),
         }
 
     def prepare(self, batch: Batch) -> dict[str, float]:
-        return {**self._stats, "dpo/pairs": float(len(batch) // 2)}
+        pairs = 0.0 if self._stats["mcts/skipped_update"] else float(len(batch) // 2)
+        return {**self._stats, "dpo/pairs": pairs}
 
     # -- learner: DPO on the step pairs ---------------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:

@@ -69,8 +69,16 @@ def run_rlpost(steps: int, overrides: list[str], out_dir: Path) -> dict:
     from rlpost.config import load_config
     from rlpost.trainer import Trainer
 
-    cfg = load_config(ANCHOR, [f"trainer.steps={steps + 1}", f"trainer.output_dir={out_dir}",
-                               "trainer.run_name=bench", "trainer.export_hf=false", *overrides])
+    cfg = load_config(
+        ANCHOR,
+        [
+            f"trainer.steps={steps + 1}",
+            f"trainer.output_dir={out_dir}",
+            "trainer.run_name=bench",
+            "trainer.export_hf=false",
+            *overrides,
+        ],
+    )
     t0 = time.time()
     trainer = Trainer(cfg)
     try:
@@ -114,8 +122,20 @@ def run_trl(model_path: str, prompts: list[str], steps: int, threads: int) -> di
         script = Path(tmp) / "trl_bench.py"
         script.write_text(TRL_SCRIPT)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run([sys.executable, str(script), model_path, str(pf), str(steps + 1),
-                               str(out), str(threads)], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                model_path,
+                str(pf),
+                str(steps + 1),
+                str(out),
+                str(threads),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             return {"error": proc.stderr[-2000:]}
         times = json.loads(out.read_text())["step_s"][1:]
@@ -123,11 +143,16 @@ def run_trl(model_path: str, prompts: list[str], steps: int, threads: int) -> di
 
 
 def report(ours: dict, trl: dict | None, device: str) -> str:
-    lines = [f"# rlpost bench ({device})", "",
-             f"anchor: {ANCHOR.relative_to(ROOT)} — small model ({ours['params_m']:.1f}M params), "
-             f"8 prompts x 8 samples, 128 new tokens, GRPO",
-             f"startup (actors up): {ours['startup_s']:.1f} s", "",
-             "| | s/step | vs pure generation | vs TRL |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# rlpost bench ({device})",
+        "",
+        f"anchor: {ANCHOR.relative_to(ROOT)} — small model ({ours['params_m']:.1f}M params), "
+        f"8 prompts x 8 samples, 128 new tokens, GRPO",
+        f"startup (actors up): {ours['startup_s']:.1f} s",
+        "",
+        "| | s/step | vs pure generation | vs TRL |",
+        "| --- | --- | --- | --- |",
+    ]
     gen = ours["gen_only_s"]
     trl_s = trl.get("step_s") if trl else None
     vs_trl = f"{trl_s / ours['step_s']:.2f}x faster" if trl_s else "n/a"
@@ -139,18 +164,21 @@ def report(ours: dict, trl: dict | None, device: str) -> str:
         lines.append(f"| TRL GRPOTrainer | failed: {trl['error'].splitlines()[-1]} | | |")
     else:
         lines.append("| TRL GRPOTrainer | not installed (pip install '.[bench]') | | |")
-    lines += ["", "per-phase median seconds: " + ", ".join(
-        f"{p} {v:.2f}" for p, v in ours["phases"].items()),
+    lines += [
+        "",
+        "per-phase median seconds: " + ", ".join(f"{p} {v:.2f}" for p, v in ours["phases"].items()),
         f"tokens generated per step: {ours['tokens_per_step']:.0f}; "
-        f"steps timed: {ours['steps_timed']} (the first step is a warm-up and not counted)"]
+        f"steps timed: {ours['steps_timed']} (the first step is a warm-up and not counted)",
+    ]
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        f"CPU x{os.cpu_count()}"
+    device = (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ours = run_rlpost(args.steps, args.overrides, Path(tmp))
     trl = None

@@ -419,16 +419,24 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         trust_remote_code=cfg.model.trust_remote_code,
     )
     prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in rows]
+    stop = list(cfg.rollout.stop) or None  # as in training
     gen_s, greedy_samples = 0.0, None
     if args.greedy:
         t0 = time.time()
-        params = SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, logprobs=0)
+        params = SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, logprobs=0, stop=stop)
         greedy_samples = _vllm_samples(llm.generate(prompts, params, use_tqdm=False))
         gen_s += time.time() - t0
     t0 = time.time()
     params_list = [
         SamplingParams(
-            n=args.n, max_tokens=max_tokens, temperature=args.temperature, seed=s, logprobs=0
+            n=args.n,
+            max_tokens=max_tokens,
+            temperature=args.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            seed=s,
+            logprobs=0,
+            stop=stop,
         )
         for s in sample_seeds(len(rows), seed)
     ]

@@ -148,6 +148,10 @@ def read_wandb_history(wandb_file: str | Path) -> list[dict[str, Any]]:
             rec = pb.Record()
             rec.ParseFromString(chunks)
             if rec.WhichOneof("record_type") == "history":
-                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                             for i in rec.history.item})
+                rows.append(
+                    {
+                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                        for i in rec.history.item
+                    }
+                )
     return rows

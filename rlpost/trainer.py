@@ -136,7 +136,8 @@ class Trainer:
         }
         plan = placement.make_plan(cfg, groups)
         placement.check_fits(plan)
-        self.placed = placement.place(plan)
+        self.placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
+        log.info("placement:\n%s", placement.describe(plan, self.placed))
         self.rollout = RolloutGroup(cfg, cfg.model.path, self.placed) if needs.rollout else None
         self.groups += [self.rollout] if self.rollout is not None else []
         self.learners = LearnerGroup(cfg, "policy", self.placed, "learner")

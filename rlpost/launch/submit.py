@@ -16,8 +16,10 @@ A recipe outside the working dir is staged the same way and found through the pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -25,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +36,7 @@ import yaml
 
 from rlpost.config import ConfigError, load_config, parse_override
 
-SPEC_RE = re.compile(r"^(?P<path>[^:\s]+\.py):(?P<name>[A-Za-z_]\w*(\(.*\))?)$")
+SPEC_RE = re.compile(r"^(?P<path>[^:=\s]+\.py):(?P<name>[A-Za-z_]\w*(\(.*\))?)$")
 DEFAULT_EXCLUDES = [
     ".git",
     ".venv",
@@ -109,17 +112,28 @@ class _Stager:
         return root
 
 
+_PKG = "\x00staged\x00"  # stands for the staging package's name until all files are known
+
+
+def _is_spec(v: Any) -> bool:
+    """``file.py:Name``, or ``key=file.py:Name`` (an override inside a compare file)."""
+    return isinstance(v, str) and bool(SPEC_RE.match(v) or SPEC_RE.match(v.partition("=")[2]))
+
+
 def _rewrite_spec(value: str, cwd: Path, wd: Path, stager: _Stager) -> str:
     """One ``file.py:Name`` spec -> the form that resolves inside the job."""
     m = SPEC_RE.match(value)
     if not m:
+        key, eq, rest = value.partition("=")
+        if eq and SPEC_RE.match(rest):
+            return f"{key}={_rewrite_spec(rest, cwd, wd, stager)}"
         return value
     path = (cwd / Path(m["path"]).expanduser()).resolve()
     if not path.is_file():
         raise ConfigError(f"{value}: file {path} does not exist")
     if _inside(path, wd):
         return f"{path.relative_to(wd).as_posix()}:{m['name']}"
-    return f"@{stager.add(path, module=True)}:{m['name']}"  # package name filled in later
+    return f"{_PKG}.{stager.add(path, module=True)}:{m['name']}"
 
 
 def _walk(tree: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -137,16 +151,13 @@ def _walk(tree: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
 
 
 def _specs_in(value: Any) -> bool:
-    vals = value if isinstance(value, list) else [value]
-    return any(isinstance(v, str) and SPEC_RE.match(v) for v in vals)
+    return any(_is_spec(v) for v in (value if isinstance(value, list) else [value]))
 
 
 def _finish(value: Any, package: str) -> Any:
     if isinstance(value, list):
         return [_finish(v, package) for v in value]
-    if isinstance(value, str) and value.startswith("@"):
-        return f"{package}.{value[1:]}"
-    return value
+    return value.replace(_PKG, package) if isinstance(value, str) else value
 
 
 def _override(key: str, value: Any) -> str:
@@ -211,6 +222,8 @@ def build_train_job(
             new = _rewrite_spec(value, here, wd, stager)
         if new != value:
             extra[key] = new
+    if command != "train":  # overrides of a compare apply to every run: same rewriting
+        overrides = [_rewrite_spec(o, here, wd, stager) for o in overrides]
     compare_rewrite = command != "train" and bool(extra)
     if not _inside(recipe_path, wd) or compare_rewrite:
         stager.add(recipe_path, module=False)
@@ -230,7 +243,7 @@ def build_train_job(
     else:
         recipe_arg = shlex.quote(recipe_path.relative_to(wd).as_posix())
     dotted = {".".join(str(p) for p in k): v for k, v in extra.items()}
-    kept = [o for o in overrides if o.split("=", 1)[0].strip() not in dotted]
+    kept = [_finish(o, package) for o in overrides if o.split("=", 1)[0].strip() not in dotted]
     args = kept + ([_override(k, v) for k, v in dotted.items()] if command == "train" else [])
     entrypoint = " ".join(
         [shlex.quote(w) for w in shlex.split(rlpost_cmd)]
@@ -274,6 +287,9 @@ def build_command_job(
 def client(address: str | None):  # -> JobSubmissionClient (import kept lazy: ray is slow)
     from ray.job_submission import JobSubmissionClient
 
+    from rlpost.runtime.placement import use_ray_token_auth
+
+    use_ray_token_auth()
     try:
         return JobSubmissionClient(address or None)
     except Exception as e:  # noqa: BLE001 - connection, auth, bad URL: all "cannot reach"
@@ -282,17 +298,33 @@ def client(address: str | None):  # -> JobSubmissionClient (import kept lazy: ra
         raise ConnectionError(f"cannot reach the Ray Jobs API at {where}: {msg}") from e
 
 
+@contextlib.contextmanager
+def _quiet_upload_logs() -> Iterator[None]:
+    """Ray logs every skipped .gitignore and its new default excludes at upload; hide that."""
+    names = ("ray._private.runtime_env", "ray.dashboard.modules.dashboard_sdk")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def submit(
     address: str | None, job: JobRequest, submission_id: str | None = None, **kw: Any
 ) -> str:
     """Submit and return the submission id; the staging dir is removed once uploaded."""
     try:
-        return client(address).submit_job(
-            entrypoint=job.entrypoint,
-            runtime_env=job.runtime_env,
-            submission_id=submission_id,
-            **kw,
-        )
+        with _quiet_upload_logs():
+            return client(address).submit_job(
+                entrypoint=job.entrypoint,
+                runtime_env=job.runtime_env,
+                submission_id=submission_id,
+                **kw,
+            )
     finally:
         job.cleanup()
 

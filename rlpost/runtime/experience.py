@@ -37,18 +37,24 @@ class ActorExperience:
         self.policy_version = 0
         self.step = 0
         self.gen_seconds = 0.0
+        self._seed_step, self._seed_offset = -1, 0  # see _seeds
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # -------------------------------------------------------------------- generation
-    def _seeds(self, count: int) -> list[int]:
-        base = self.cfg.rollout.seed * 1_000_003 + self.step * 10_007
-        return [base + i for i in range(count)]
+    def _seeds(self, count: int, n: int = 1) -> list[int]:
+        """One seed per request, spaced by n (vLLM seeds sample j of a request with seed + j), and
+        fresh for every call within a step (tree search calls generate_text once per round)."""
+        if self._seed_step != self.step:
+            self._seed_step, self._seed_offset = self.step, 0
+        base = self.cfg.rollout.seed * 1_000_003 + self.step * 10_007 + self._seed_offset
+        self._seed_offset += count * n
+        return [base + i * n for i in range(count)]
 
     def generate(self, prompts: list[dict], n: int, **sampling: Any) -> Batch:
         if self.cfg.data.env:
             return self.generate_episodes(prompts, n, **sampling)
         ids = [p["prompt_ids"] for p in prompts]
-        out, secs = self.rollout.generate(ids, n, seeds=self._seeds(len(ids)), **sampling)
+        out, secs = self.rollout.generate(ids, n, seeds=self._seeds(len(ids), n), **sampling)
         self.gen_seconds += secs
         p_ids, r_ids, r_lps, cols = [], [], [], {}
         extra = [k for k in prompts[0] if k not in ("prompt_ids",)] if prompts else []
@@ -124,7 +130,7 @@ class ActorExperience:
             prompt_ids,
             n,
             max_tokens=max_tokens,
-            seeds=self._seeds(len(prompt_ids)),
+            seeds=self._seeds(len(prompt_ids), n),
             stop=stop or [],
             include_stop=True,
             **sampling,

@@ -39,6 +39,22 @@ def token_logprobs(
     return torch.nn.functional.pad(lp, (1, 0))
 
 
+def lr_lambda(warmup: int, total: int, shape: str):
+    """Multiplier of the base LR at optimizer step s (0-based): linear warm-up over ``warmup``
+    steps (the first step already trains: (s+1)/warmup), then constant, linear or cosine decay."""
+    import math
+
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if shape == "constant":
+            return 1.0
+        p = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 1.0 - p if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+
+    return f
+
+
 def ds_config(cfg: Config, role: str, micro: int, gas: int, on_gpu: bool) -> dict:
     lrn = cfg.learner
     stage = cfg.critic.zero_stage if role == "critic" else lrn.zero_stage
@@ -48,30 +64,6 @@ def ds_config(cfg: Config, role: str, micro: int, gas: int, on_gpu: bool) -> dic
         zero["offload_optimizer"] = {"device": "cpu"}
         if stage == 3:
             zero["offload_param"] = {"device": "cpu"}
-    total = max(1, cfg.trainer.steps)
-    sched: dict[str, Any]
-    if lrn.lr_schedule == "constant":
-        sched = {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0,
-                "warmup_max_lr": lr,
-                "warmup_num_steps": max(1, lrn.warmup_steps),
-                "warmup_type": "linear",
-            },
-        }
-    else:
-        sched = {
-            "type": "WarmupDecayLR" if lrn.lr_schedule == "linear" else "WarmupCosineLR",
-            "params": {
-                "total_num_steps": total * lrn.epochs,
-                "warmup_num_steps": max(1, lrn.warmup_steps),
-            },
-        }
-        if lrn.lr_schedule == "linear":
-            sched["params"].update(
-                {"warmup_min_lr": 0, "warmup_max_lr": lr, "warmup_type": "linear"}
-            )
     conf: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": gas,
@@ -85,7 +77,6 @@ def ds_config(cfg: Config, role: str, micro: int, gas: int, on_gpu: bool) -> dic
                 "torch_adam": True,
             },
         },
-        "scheduler": sched,
         "gradient_clipping": lrn.grad_clip,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -139,8 +130,13 @@ class LearnerWorker:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        lrn = self.cfg.learner
+        schedule = lr_lambda(lrn.warmup_steps, self.cfg.trainer.steps * lrn.epochs, lrn.lr_schedule)
         self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=conf
+            model=model,
+            model_parameters=model.parameters(),
+            config=conf,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         self.algo = None
         return sum(p.numel() for p in model.parameters())
@@ -221,6 +217,9 @@ class LearnerWorker:
         params = list(model.named_parameters())
         stage3 = self.engine.zero_optimization_stage() == 3
         limit = bucket_mb * 2**20
+        wire_dtype = getattr(torch, self.cfg.rollout.dtype, None)
+        if not isinstance(wire_dtype, torch.dtype):
+            wire_dtype = None
         refs, bucket, size = [], {}, 0
         for name, p in params:
             if stage3:
@@ -230,6 +229,8 @@ class LearnerWorker:
                 t = p.detach().to("cpu", copy=True).contiguous()
             if self.rank != 0:
                 continue
+            if wire_dtype is not None:
+                t = t.to(wire_dtype)  # the engine's dtype: half the bytes for bf16, no recast there
             bucket[name] = t
             size += t.numel() * t.element_size()
             if self.tied and name == "model.embed_tokens.weight":

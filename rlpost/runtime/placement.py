@@ -20,6 +20,7 @@ plan fails at once instead of hanging in ``ray.get(pg.ready())``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -247,7 +248,7 @@ def _colocate(bundles: list[Bundle], sizes: dict[str, tuple[float, float, str]])
         per_gpu = max(1, int(math.floor(1.0 / g + _EPS)))
         for b in members:
             b.slot = b.index // per_gpu
-            b.gpus = math.floor(g * share / _RAY_RES + _EPS) * _RAY_RES
+            b.gpus = round(math.floor(g * share / _RAY_RES + _EPS) * _RAY_RES, 4)
         n_dev = max(n_dev, 1 + max(b.slot for b in members))
     nxt = n_dev
     for b in bundles:
@@ -266,6 +267,28 @@ class Node:
     node_id: str
     address: str
     resources: dict[str, float]
+
+
+def use_ray_token_auth() -> bool:
+    """Send the Ray auth token (``~/.ray/auth_token``) from this client, as ``ray.init`` does.
+
+    Ray >= 2.5x clusters started where a token exists require it on every HTTP request (Jobs
+    and state APIs), but Ray's HTTP clients only send it when RAY_AUTH_MODE=token is set in
+    this process. An explicit RAY_AUTH_MODE is respected.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning speaks of starting a cluster, not of a client
+    try:
+        return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -290,6 +313,7 @@ def cluster_nodes(address: str | None = None) -> list[Node]:
         ]
     from ray.util.state import list_nodes
 
+    use_ray_token_auth()
     try:
         states = list_nodes(address=address, filters=[("state", "=", "ALIVE")], detail=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "no cluster at that address"

@@ -24,8 +24,12 @@ RECIPES = Path(__file__).resolve().parents[2] / "launch" / "recipes"
 VARYING_REWARD = "reward.functions=[length(target=40)]"
 
 
-def train(run_cli, tmp_path: Path, recipe: str, *overrides: str) -> list[dict]:
-    """Run a tiny recipe for its 3 steps; check what every algorithm must show; return metrics."""
+def train(run_cli, tmp_path: Path, recipe: str, *overrides: str, engine: bool = True) -> list[dict]:
+    """Run a tiny recipe for its 3 steps; check what every algorithm must show; return metrics.
+
+    With an engine, every step syncs the new weights into it (the policy version advances);
+    without one (offline DPO) there is nothing to sync. Either way the exported policy moved.
+    """
     name = recipe.removesuffix("_tiny.yaml")
     run_cli(
         "train",
@@ -41,7 +45,7 @@ def train(run_cli, tmp_path: Path, recipe: str, *overrides: str) -> list[dict]:
         bad = {k: v for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)}
         assert not bad, f"{name} step {r['step']}: non-finite metrics {bad}"
     versions = [r["policy_version"] for r in rows]
-    assert versions == sorted(versions) and versions[-1] > versions[0] >= 1
+    assert versions == ([1.0, 2.0, 3.0] if engine else [0.0, 0.0, 0.0])
     print(f"{name}: timing_s/step = {[round(r['timing_s/step'], 3) for r in rows]}")
     assert_policy_moved(run / "final")
     return rows
@@ -79,12 +83,17 @@ def test_dpo_offline_from_a_preference_file(run_cli, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     rows = train(
-        run_cli, tmp_path, "dpo_tiny.yaml", f"algorithm.preference_data={path}", "rollout.n=2"
+        run_cli,
+        tmp_path,
+        "dpo_tiny.yaml",
+        f"algorithm.preference_data={path}",
+        "rollout.n=2",
+        engine=False,
     )
     assert [r["dpo/pairs"] for r in rows] == [4.0, 4.0, 4.0]  # prompts_per_step pairs each step
     assert [r["batch/rows"] for r in rows] == [8.0, 8.0, 8.0]
     assert all(r["timing_s/generate_engine"] == 0.0 for r in rows)  # nothing generated
-    assert all("reward/mean" not in r for r in rows)  # nothing scored
+    assert all(not k.startswith("reward/") for r in rows for k in r)  # nothing scored
 
 
 def test_kdrl_with_a_tiny_teacher(run_cli, tmp_path):

@@ -164,10 +164,10 @@ def test_rows_from_metrics_accumulates_wall_time_and_samples():
     assert rows[0]["accuracy_sampled"] == 0.1
 
 
-def _rows():
+def _rows(best=(0.6, 0.6)):
     rows = []
     base = {"reward": 0.1, "accuracy": 0.1, "diversity": 0.9}
-    for alg, finals in (("grpo", (0.3, 0.5)), ("grpo_d", (0.6, 0.6))):
+    for alg, finals in (("grpo", (0.3, 0.7)), ("grpo_d", best)):
         for seed, acc in enumerate(finals):
             rows.append(cmp.baseline_row(alg, seed, {**base, "reward_mean": 0.1}))
             rows += cmp.rows_from_metrics(alg, seed, _metrics([0.5] * 4, [acc / 2, acc], [1, 2]))
@@ -178,14 +178,17 @@ def test_summary_and_winners_with_spread():
     rows = _rows()
     summ = cmp.summary(rows)
     mu, sd, n = summ["grpo"]["accuracy"]
-    assert (mu, n) == (pytest.approx(0.4), 2)
-    assert sd == pytest.approx(math.sqrt(0.02))  # sample std of 0.3, 0.5
+    assert (mu, n) == (pytest.approx(0.5), 2)
+    assert sd == pytest.approx(math.sqrt(0.08))  # sample std of 0.3, 0.7
     assert summ["grpo_d"]["accuracy"][:2] == (pytest.approx(0.6), 0.0)
-    assert summ["grpo"]["accuracy_gain"][0] == pytest.approx(0.3)  # over the 0.1 baseline
+    assert summ["grpo"]["accuracy_gain"][0] == pytest.approx(0.4)  # over the 0.1 baseline
     lines = cmp.winners(summ)
     acc_line = next(ln for ln in lines if "final greedy accuracy" in ln)
     assert "grpo_d (0.6" in acc_line and "ahead of grpo" in acc_line
-    assert "within the spread" in acc_line  # 0.2 gap <= 0.141 + 0
+    assert "within the spread" in acc_line  # gap 0.1 <= 0.283 + 0
+    clear = cmp.winners(cmp.summary(_rows(best=(0.9, 0.9))))
+    acc_line = next(ln for ln in clear if "final greedy accuracy" in ln)
+    assert "by 0.4" in acc_line and "within the spread" not in acc_line  # 0.4 > 0.283
     kl_line = next(ln for ln in lines if "lowest KL" in ln)
     assert kl_line.startswith("**lowest KL")
 

@@ -90,8 +90,14 @@ def test_online_needs_two_samples(make_cfg):
 def test_needs(make_cfg):
     n = build_algorithm(make_cfg("algorithm.name=dpo")).needs()
     assert (n.row_multiple, n.reference, n.samples_per_prompt) == (2, True, 8)
+    assert n.reward and n.rollout
     off = build_algorithm(make_cfg("algorithm.name=dpo", "algorithm.preference_data=x.jsonl"))
-    assert off.needs().samples_per_prompt == 2
+    n = off.needs()
+    assert (n.row_multiple, n.reference, n.samples_per_prompt) == (2, True, 2)
+    assert not n.reward and not n.rollout  # no engine, no reward group
+    ev = "trainer.eval_every=5"
+    off = build_algorithm(make_cfg("algorithm.name=dpo", "algorithm.preference_data=x", ev))
+    assert off.needs().rollout  # in-loop evaluation generates
 
 
 # -------------------------------------------------------------------------------- loss

@@ -253,6 +253,7 @@ def test_no_pairs_falls_back_to_a_zero_mask_pair(make_cfg):
     m = a.prepare(batch)
     assert len(batch) == 2 and batch["response_mask"].sum() == 0
     assert m["mcts/skipped_update"] == 1.0 and m["mcts/pairs_per_prompt"] == 0.0
+    assert m["dpo/pairs"] == 0.0
     batch.tensors["ref_logp"] = torch.zeros_like(batch["response_mask"])
     logp = torch.zeros_like(batch["response_mask"], requires_grad=True)
     loss, _ = a.loss(logp, batch, {"num_tokens": 0, "num_seqs": 2, "max_len": 4})
@@ -337,3 +338,20 @@ def test_state_dict_round_trip(make_cfg):
     b = mcts(make_cfg)
     b.load_state_dict(a.state_dict())
     assert b.step == 1 and b.pairs_total == a.pairs_total > 0
+
+
+def test_engine_seeds_are_fresh_for_every_call_and_sample(make_cfg):
+    """Tree search calls generate_text once per round: no sample of a step may reuse a seed
+    (vLLM seeds sample j of a request with seed + j)."""
+    from rlpost.runtime.experience import ActorExperience
+
+    exp = ActorExperience(make_cfg(), Tok(), rollout=None, reward=None)
+    first = exp._seeds(2, 3)
+    second = exp._seeds(3, 2)
+    used = [s + j for s in first for j in range(3)] + [s + j for s in second for j in range(2)]
+    assert len(set(used)) == len(used) == 12
+    exp.step = 1
+    again = exp._seeds(2, 3)
+    fresh = ActorExperience(make_cfg(), Tok(), rollout=None, reward=None)
+    assert fresh._seeds(2, 3) == first  # deterministic per (step, call order)
+    assert again != first

@@ -23,9 +23,11 @@ def test_every_recipe_loads_with_its_defaults():
 
 
 def test_dotted_overrides_are_typed_from_yaml():
-    cfg = load_config(ROOT / "launch/recipes/grpo_tiny.yaml",
-                      ["algorithm.kl.beta=0.02", "trainer.steps=3", "rollout.stop=[a,b]",
-                       "logging.wandb=true"], validate_paths=False)
+    cfg = load_config(
+        ROOT / "launch/recipes/grpo_tiny.yaml",
+        ["algorithm.kl.beta=0.02", "trainer.steps=3", "rollout.stop=[a,b]", "logging.wandb=true"],
+        validate_paths=False,
+    )
     assert cfg.algorithm.kl.beta == 0.02 and cfg.trainer.steps == 3
     assert cfg.rollout.stop == ["a", "b"] and cfg.logging.wandb is True
     assert parse_override("a.b=") == ("a.b", "")
@@ -48,8 +50,9 @@ def test_dotted_overrides_are_typed_from_yaml():
 )
 def test_bad_config_names_the_key(overrides, message, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model:\n  path: {tmp_path}\ntrainer:\n  prompts_per_step: 4\n"
-                      "rollout:\n  n: 4\n")
+    recipe.write_text(
+        f"model:\n  path: {tmp_path}\ntrainer:\n  prompts_per_step: 4\nrollout:\n  n: 4\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(recipe, overrides)
     assert message in str(err.value)
@@ -58,8 +61,12 @@ def test_bad_config_names_the_key(overrides, message, tmp_path):
 def test_misspelt_recipe_key_fails_in_cli_with_exit_code_2(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("model:\n  path: tiny:nano\nlearner:\n  zero_stagee: 3\n")
-    proc = subprocess.run([sys.executable, "-m", "rlpost.cli", "train", str(recipe)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlpost.cli", "train", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "config error: unknown key 'learner.zero_stagee'; did you mean 'learner.zero_stage'?"

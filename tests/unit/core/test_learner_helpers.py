@@ -6,7 +6,7 @@ import torch
 
 from rlpost.batch import build_sequences
 from rlpost.config import config_from_dict
-from rlpost.runtime.learner import _even_chunks, _pad_rows, ds_config, token_logprobs
+from rlpost.runtime.learner import _even_chunks, _pad_rows, ds_config, lr_lambda, token_logprobs
 
 
 def test_token_logprobs_align_with_input_ids():
@@ -36,15 +36,39 @@ def test_pad_rows_gives_equal_ranks_with_zero_mask_rows():
 
 
 def test_ds_config_from_learner_section():
-    cfg = config_from_dict({"model": {"path": "x"}, "learner": {
-        "zero_stage": 3, "offload": True, "lr": 3e-4, "grad_clip": 0.5, "warmup_steps": 5,
-        "lr_schedule": "cosine"}})
+    cfg = config_from_dict(
+        {
+            "model": {"path": "x"},
+            "learner": {
+                "zero_stage": 3,
+                "offload": True,
+                "lr": 3e-4,
+                "grad_clip": 0.5,
+                "warmup_steps": 5,
+                "lr_schedule": "cosine",
+            },
+        }
+    )
     conf = ds_config(cfg, "policy", micro=4, gas=2, on_gpu=False)
-    assert conf["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"},
-                                         "offload_param": {"device": "cpu"}}
+    assert conf["zero_optimization"] == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu"},
+        "offload_param": {"device": "cpu"},
+    }
     assert conf["optimizer"]["params"]["lr"] == 3e-4 and conf["gradient_clipping"] == 0.5
-    assert conf["scheduler"]["type"] == "WarmupCosineLR" and "bf16" not in conf
+    assert "scheduler" not in conf and "bf16" not in conf  # the LR schedule is lr_lambda
     assert ds_config(cfg, "policy", 4, 2, on_gpu=True)["bf16"] == {"enabled": True}
-    crit = ds_config(config_from_dict({"model": {"path": "x"}, "critic": {"lr": 1e-3}}),
-                     "critic", 4, 1, False)
+    crit = ds_config(
+        config_from_dict({"model": {"path": "x"}, "critic": {"lr": 1e-3}}), "critic", 4, 1, False
+    )
     assert crit["optimizer"]["params"]["lr"] == 1e-3
+
+
+def test_lr_schedule_trains_from_the_first_step():
+    const = lr_lambda(0, 10, "constant")
+    assert [const(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # no step at lr 0
+    warm = lr_lambda(4, 10, "linear")
+    assert [warm(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warm(4) == 1.0 and warm(7) == 0.5 and warm(10) == 0.0
+    cos = lr_lambda(0, 4, "cosine")
+    assert cos(0) == 1.0 and abs(cos(2) - 0.5) < 1e-12 and abs(cos(4)) < 1e-12

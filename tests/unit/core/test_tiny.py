@@ -6,23 +6,27 @@ import subprocess
 import sys
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlpost.models import tiny
 
 
 def test_make_tiny_cli_builds_a_loadable_model_that_generates(tmp_path):
     out = tmp_path / "nano"
-    proc = subprocess.run([sys.executable, "-m", "rlpost.cli", "make-tiny", "--preset", "nano",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlpost.cli", "make-tiny", "--preset", "nano", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     assert tok.bos_token and tok.eos_token and tok.pad_token and tok.chat_template
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
-                                   add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, tokenize=False
+    )
     assert text.endswith("<|assistant|>\n")
     ids = tok(text, return_tensors="pt").input_ids
     torch.manual_seed(0)
@@ -35,8 +39,13 @@ def test_presets_sizes_and_cache():
     small = tiny.ensure("small")
     assert 9e6 < tiny.num_params(small) < 12e6
     conf = AutoModelForCausalLM.from_pretrained(small).config
-    assert (conf.hidden_size, conf.num_hidden_layers, conf.num_attention_heads,
-            conf.num_key_value_heads, conf.intermediate_size) == (384, 6, 6, 2, 1024)
+    assert (
+        conf.hidden_size,
+        conf.num_hidden_layers,
+        conf.num_attention_heads,
+        conf.num_key_value_heads,
+        conf.intermediate_size,
+    ) == (384, 6, 6, 2, 1024)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny.ensure("rm-nano"))
     assert rm.config.num_labels == 1
     assert tiny.ensure("nano") == tiny.ensure("nano")  # cached: built once

@@ -21,8 +21,9 @@ def test_metrics_jsonl_and_config(tmp_path):
 def test_wandb_offline_run_holds_the_metrics(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = config_from_dict({"model": {"path": "x"},
-                            "logging": {"wandb": True, "wandb_mode": "offline"}})
+    cfg = config_from_dict(
+        {"model": {"path": "x"}, "logging": {"wandb": True, "wandb_mode": "offline"}}
+    )
     t = Tracker(cfg, tmp_path / "run", total_steps=2)
     t.log(1, {"reward/mean": 0.25})
     t.log(2, {"reward/mean": 0.75})

@@ -135,14 +135,19 @@ def test_compare_config_is_rewritten_and_staged(project):
     wd, outside = project
     cmp = wd / "cmp.yaml"
     spec = f"{outside / 'ext-reward.py'}:bonus"
-    cmp.write_text(yaml.safe_dump({"runs": [{"recipe": "recipes/a.yaml", "reward": spec}]}))
-    job = build_train_job("cmp.yaml", [], ".", command="compare")
+    runs = [{"recipe": "recipes/a.yaml", "overrides": [f"reward.functions={spec}", "x.y=1"]}]
+    cmp.write_text(yaml.safe_dump({"overrides": {"algorithm.name": spec}, "runs": runs}))
+    job = build_train_job("cmp.yaml", [f"reward.functions={spec}"], ".", command="compare")
     try:
+        module = f"{job.staged.name}.ext_reward:bonus"
         assert job.entrypoint.startswith('rlpost compare "$(python -c ')
+        assert entry_args(job.entrypoint)[-1] == f"reward.functions={module}"  # CLI override
         staged = yaml.safe_load((job.staged / "cmp.yaml").read_text())
-        assert staged["runs"][0] == {
-            "recipe": "recipes/a.yaml",
-            "reward": f"{job.staged.name}.ext_reward:bonus",
+        assert staged == {
+            "overrides": {"algorithm.name": module},
+            "runs": [
+                {"recipe": "recipes/a.yaml", "overrides": [f"reward.functions={module}", "x.y=1"]}
+            ],
         }
     finally:
         job.cleanup()
