@@ -154,3 +154,74 @@ def kl_controller_from(cfg: Config):
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+class KLRegularized(Algorithm):
+    """An algorithm with a KL coefficient from ``algorithm.kl`` whose controller state is resumed
+    with the run, and the policy-side terms most algorithms share."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.kl = kl_controller_from(cfg)
+
+    def uses_reference(self) -> bool:
+        """A reference is loaded only when some step has β > 0 (β = 0 is plain policy gradient)."""
+        k = self.a.kl
+        return k.beta > 0 or k.controller != "fixed" and max(k.start, k.end) > 0
+
+    def observed_kl(self, metrics: dict[str, float]) -> float:
+        return metrics.get("kl/mean", 0.0)
+
+    def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        super().update(metrics)
+        self.kl.update(self.observed_kl(metrics), 1)
+        return {"kl/beta_next": self.kl.value}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "kl": self.kl.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.kl.load_state_dict(state["kl"])
+
+    def pg_term(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
+        """Clipped surrogate on ``batch['advantages']`` plus the rollout/learner log-prob gap."""
+        from rlpost.objective import clipped_pg_loss, masked_mean
+
+        a, mask, old = self.a, batch["response_mask"], batch["old_logp"]
+        pg, m = clipped_pg_loss(
+            logp,
+            old,
+            batch["advantages"],
+            mask,
+            a.clip_low,
+            a.clip_high,
+            a.dual_clip or None,
+            a.agg,
+            **counts,
+        )
+        return pg, {
+            "loss/policy": pg.detach(),
+            "pg/clip_frac": m["clip_frac"],
+            "pg/approx_kl": m["approx_kl"],
+            "rollout/logprob_diff": masked_mean((logp - old).abs().detach(), mask),
+        }
+
+    def kl_term(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
+        """β·KL(π‖π_ref) in the loss (β of this step from ``batch.meta``); 0 without a reference."""
+        from rlpost.objective import kl_loss
+
+        if "ref_logp" not in batch:
+            return torch.zeros((), device=logp.device), {}
+        k = self.a.kl
+        kl, m = kl_loss(
+            logp,
+            batch["ref_logp"],
+            batch["response_mask"],
+            batch.meta.get("kl_beta", 0.0),
+            k.estimator,
+            self.a.agg,
+            k.clamp,
+            **counts,
+        )
+        return kl, {"loss/kl": kl.detach(), "kl/mean": m["kl"]}

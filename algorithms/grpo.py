@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.base import Algorithm, Needs, as_floats, kl_controller_from, register
+from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
-from rlpost.objective import ADVANTAGES, clipped_pg_loss, kl_loss, masked_mean
+from rlpost.objective import ADVANTAGES
 
 
 @register
-class GRPO(Algorithm):
+class GRPO(KLRegularized):
     name = "grpo"
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.kl = kl_controller_from(cfg)
-
-    def uses_reference(self) -> bool:
-        k = self.a.kl
-        return k.beta > 0 or k.controller != "fixed" and max(k.start, k.end) > 0
 
     def needs(self) -> Needs:
         return Needs(samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference())
@@ -63,42 +55,6 @@ class GRPO(Algorithm):
 
     # -- learner: surrogate + KL in the loss -------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        a, mask = self.a, batch["response_mask"]
-        pg, m = clipped_pg_loss(
-            logp,
-            batch["old_logp"],
-            batch["advantages"],
-            mask,
-            a.clip_low,
-            a.clip_high,
-            a.dual_clip or None,
-            a.agg,
-            **counts,
-        )
-        metrics = {
-            "loss/policy": pg.detach(),
-            "pg/clip_frac": m["clip_frac"],
-            "pg/approx_kl": m["approx_kl"],
-            "rollout/logprob_diff": masked_mean((logp - batch["old_logp"]).abs().detach(), mask),
-        }
-        loss = pg
-        beta = batch.meta.get("kl_beta", 0.0)
-        if "ref_logp" in batch:
-            kl, km = kl_loss(
-                logp, batch["ref_logp"], mask, beta, a.kl.estimator, a.agg, a.kl.clamp, **counts
-            )
-            loss = loss + kl
-            metrics.update({"loss/kl": kl.detach(), "kl/mean": km["kl"]})
-        return loss, as_floats(metrics)
-
-    def update(self, metrics: dict[str, float]) -> dict[str, float]:
-        super().update(metrics)
-        self.kl.update(metrics.get("kl/mean", 0.0), 1)
-        return {"kl/beta_next": self.kl.value}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "kl": self.kl.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.kl.load_state_dict(state["kl"])
+        pg, metrics = self.pg_term(logp, batch, counts)
+        kl, kl_metrics = self.kl_term(logp, batch, counts)
+        return pg + kl, as_floats({**metrics, **kl_metrics})

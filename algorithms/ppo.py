@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.base import Algorithm, Needs, as_floats, kl_controller_from, register
+from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
 from rlpost.objective import (
-    clipped_pg_loss,
     gae,
     kl_estimate,
     kl_penalty_in_reward,
@@ -19,12 +18,8 @@ from rlpost.objective import (
 
 
 @register
-class PPO(Algorithm):
+class PPO(KLRegularized):
     name = "ppo"
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.kl = kl_controller_from(cfg)
 
     def needs(self) -> Needs:
         return Needs(samples_per_prompt=self.cfg.rollout.n, reference=True, critic=True)
@@ -39,10 +34,10 @@ class PPO(Algorithm):
         batch["advantages"] = whiten(adv, mask)
         batch["returns"] = returns
         batch["old_values"] = batch["values"]
-        self.observed_kl = masked_mean(kl_estimate(old, ref, "k1"), mask).item()
+        self.observed_kl_value = masked_mean(kl_estimate(old, ref, "k1"), mask).item()
         return {
             "reward/mean": batch["scores"].mean().item(),
-            "kl/mean": self.observed_kl,
+            "kl/mean": self.observed_kl_value,
             "kl/beta": self.kl.value,
             "critic/values_mean": masked_mean(batch["values"], mask).item(),
             "critic/returns_mean": masked_mean(returns, mask).item(),
@@ -50,28 +45,8 @@ class PPO(Algorithm):
 
     # -- learner: policy and critic losses ----------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        a, mask = self.a, batch["response_mask"]
-        pg, m = clipped_pg_loss(
-            logp,
-            batch["old_logp"],
-            batch["advantages"],
-            mask,
-            a.clip_low,
-            a.clip_high,
-            a.dual_clip or None,
-            a.agg,
-            **counts,
-        )
-        return pg, as_floats(
-            {
-                "loss/policy": pg.detach(),
-                "pg/clip_frac": m["clip_frac"],
-                "pg/approx_kl": m["approx_kl"],
-                "rollout/logprob_diff": masked_mean(
-                    (logp - batch["old_logp"]).abs().detach(), mask
-                ),
-            }
-        )
+        pg, metrics = self.pg_term(logp, batch, counts)
+        return pg, as_floats(metrics)
 
     def critic_loss(self, values: torch.Tensor, batch: Batch, counts: dict):
         vl, m = value_loss(
@@ -88,14 +63,5 @@ class PPO(Algorithm):
             {"loss/value": loss.detach(), **{f"critic/{k}": v for k, v in m.items()}}
         )
 
-    def update(self, metrics: dict[str, float]) -> dict[str, float]:
-        super().update(metrics)
-        self.kl.update(getattr(self, "observed_kl", 0.0), 1)
-        return {"kl/beta_next": self.kl.value}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "kl": self.kl.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.kl.load_state_dict(state["kl"])
+    def observed_kl(self, metrics: dict[str, float]) -> float:
+        return getattr(self, "observed_kl_value", 0.0)

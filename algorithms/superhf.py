@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.base import Algorithm, Needs, as_floats, kl_controller_from, register
+from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
 from rlpost.config import ConfigError
 from rlpost.metrics import distinct_n, pairwise_meteor
-from rlpost.objective import kl_loss, sft_loss
+from rlpost.objective import sft_loss
 
 METEOR_PAIRS = 512  # sampled cross-prompt pairs per step: enough for a stable mean, cheap
 
@@ -39,7 +39,7 @@ def by_group(texts: list[str], group_ids: list) -> list[list[str]]:
 
 
 @register
-class SuperHF(Algorithm):
+class SuperHF(KLRegularized):
     name = "superhf"
 
     def __init__(self, cfg) -> None:
@@ -48,12 +48,7 @@ class SuperHF(Algorithm):
             raise ConfigError(
                 f"algorithm.top_k: must be in [1, rollout.n={cfg.rollout.n}], got {self.a.top_k}"
             )
-        self.kl = kl_controller_from(cfg)
         self._stats: dict[str, float] = {}
-
-    def uses_reference(self) -> bool:
-        k = self.a.kl
-        return k.beta > 0 or k.controller != "fixed" and max(k.start, k.end) > 0
 
     def needs(self) -> Needs:
         return Needs(samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference())
@@ -86,23 +81,7 @@ class SuperHF(Algorithm):
         a, mask = self.a, batch["response_mask"]
         loss, m = sft_loss(logp, mask, a.agg, **counts)
         metrics = {"loss/sft": loss.detach(), "superhf/nll": m["nll"]}
-        if "ref_logp" in batch:
-            beta = batch.meta.get("kl_beta", 0.0)
-            kl, km = kl_loss(
-                logp, batch["ref_logp"], mask, beta, a.kl.estimator, a.agg, a.kl.clamp, **counts
-            )
-            loss = loss + kl
-            metrics.update({"loss/kl": kl.detach(), "kl/mean": km["kl"]})
+        kl, kl_metrics = self.kl_term(logp, batch, counts)
+        metrics.update(kl_metrics)
+        loss = loss + kl
         return loss, as_floats(metrics)
-
-    def update(self, metrics: dict[str, float]) -> dict[str, float]:
-        super().update(metrics)
-        self.kl.update(metrics.get("kl/mean", 0.0), 1)
-        return {"kl/beta_next": self.kl.value}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "kl": self.kl.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.kl.load_state_dict(state["kl"])

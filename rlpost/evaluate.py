@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 IN_LOOP_SAMPLES = 4  # completions per prompt in the trainer's sampled eval pass
+# Prompt tokens × n per generate call. vLLM's CPU default scheduler budget is 4096 tokens a step; a
+# seeded request whose prefill gets split across steps fails on CPU ("CPU Generator does not use
+# offset"), so eval batches are cut to fit the budget whole.
+TOKEN_BUDGET = 4096
 RewardFn = Callable[[list[str], list[str], dict[str, list]], list[float | None]]
 
 
@@ -202,6 +206,20 @@ def score_pass(
     )
 
 
+def token_chunks(lengths: Sequence[int], n: int, budget: int = TOKEN_BUDGET) -> list[range]:
+    """Consecutive index ranges whose Σ length × n stays within ``budget`` (at least one each)."""
+    out, start, used = [], 0, 0
+    for i, length in enumerate(lengths):
+        cost = length * n
+        if i > start and used + cost > budget:
+            out.append(range(start, i))
+            start, used = i, 0
+        used += cost
+    if start < len(lengths):
+        out.append(range(start, len(lengths)))
+    return out
+
+
 def sample_seeds(count: int, seed: int) -> list[int]:
     """Per-prompt sampling seeds: the same prompts get the same random numbers at every eval."""
     return [seed * 1_000_003 + 17 + i for i in range(count)]
@@ -238,10 +256,16 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
         return {}
     ids = [r["prompt_ids"] for r in rows]
     max_tokens = cfg.rollout.max_new_tokens
-    greedy, g_s = trainer.rollout.generate(ids, 1, max_tokens=max_tokens, temperature=0.0)
-    sampled, s_s = trainer.rollout.generate(
-        ids, IN_LOOP_SAMPLES, max_tokens=max_tokens, seeds=sample_seeds(len(ids), cfg.trainer.seed)
-    )
+    seeds = sample_seeds(len(ids), cfg.trainer.seed)
+    greedy, sampled, g_s, s_s = [], [], 0.0, 0.0
+    for idx in token_chunks([len(x) for x in ids], IN_LOOP_SAMPLES):
+        part = [ids[i] for i in idx]
+        out, secs = trainer.rollout.generate(part, 1, max_tokens=max_tokens, temperature=0.0)
+        greedy, g_s = greedy + out, g_s + secs
+        out, secs = trainer.rollout.generate(
+            part, IN_LOOP_SAMPLES, max_tokens=max_tokens, seeds=[seeds[i] for i in idx]
+        )
+        sampled, s_s = sampled + out, s_s + secs
 
     def reward_fn(prompts: list[str], texts: list[str], cols: dict) -> list[float | None]:
         scores, _ = ray.get(trainer.reward.score_async(prompts, texts, cols, trainer.step))
@@ -420,11 +444,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     )
     prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in rows]
     stop = list(cfg.rollout.stop) or None  # as in training
+    chunks = token_chunks([len(r["prompt_ids"]) for r in rows], args.n)
     gen_s, greedy_samples = 0.0, None
     if args.greedy:
         t0 = time.time()
         params = SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, logprobs=0, stop=stop)
-        greedy_samples = _vllm_samples(llm.generate(prompts, params, use_tqdm=False))
+        greedy_samples = []
+        for idx in chunks:
+            part = [prompts[i] for i in idx]
+            greedy_samples += _vllm_samples(llm.generate(part, params, use_tqdm=False))
         gen_s += time.time() - t0
     t0 = time.time()
     params_list = [
@@ -440,7 +468,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         )
         for s in sample_seeds(len(rows), seed)
     ]
-    sampled = _vllm_samples(llm.generate(prompts, params_list, use_tqdm=False))
+    sampled = []
+    for idx in chunks:
+        part, part_params = [prompts[i] for i in idx], [params_list[i] for i in idx]
+        sampled += _vllm_samples(llm.generate(part, part_params, use_tqdm=False))
     gen_s += time.time() - t0
     del llm
 

@@ -322,3 +322,12 @@ def test_sft_loss_is_the_token_mean_nll():
         None, ["model.path=x", "algorithm.name=sft", "trainer.eval_every=2"], validate_paths=False
     )
     assert SFT(cfg_eval).needs().rollout is True
+
+
+def test_token_chunks_keep_each_generate_call_within_the_budget():
+    from rlpost.evaluate import token_chunks
+
+    chunks = token_chunks([30, 30, 30, 30, 30], n=4, budget=250)  # 120 tokens a prompt
+    assert [list(c) for c in chunks] == [[0, 1], [2, 3], [4]]
+    assert [list(c) for c in token_chunks([500, 10], n=4, budget=100)] == [[0], [1]]
+    assert token_chunks([], n=4) == []

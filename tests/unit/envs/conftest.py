@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -13,11 +12,3 @@ def tok():
     from rlpost.models import tiny
 
     return AutoTokenizer.from_pretrained(tiny.ensure("nano"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)

@@ -1,4 +1,4 @@
-"""Objective-layer tests are tiny: keep torch on one thread so they never hog the CPU."""
+"""Unit tests are small: torch on one thread, so a test never hogs the 2-core CI machine."""
 
 import pytest
 import torch
