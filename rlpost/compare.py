@@ -234,7 +234,8 @@ def run_overrides(spec: CompareSpec, run: RunSpec, seed: int) -> list[str]:
         "logging.progress=false",
     ]
     if spec.measure_kl:
-        out.append("reference.enabled=on")  # KL on eval prompts even when the loss has no KL term
+        # KL on eval prompts even when the loss has no KL term (quoted: YAML reads a bare on as true)
+        out.append("reference.enabled='on'")
     return out
 
 

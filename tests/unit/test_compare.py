@@ -249,7 +249,7 @@ def test_load_spec_and_run_overrides(tmp_path):
     assert spec.overrides == ["model.path=tiny:nano", "rollout.n=2", "trainer.prompts_per_step=2"]
     ov = cmp.run_overrides(spec, spec.runs[1], 1)
     assert "algorithm.kl.end=0.1" in ov and "trainer.seed=1" in ov and "trainer.steps=6" in ov
-    assert "trainer.eval_every=3" in ov and "reference.enabled=on" in ov
+    assert "trainer.eval_every=3" in ov and "reference.enabled='on'" in ov
     assert f"trainer.output_dir={tmp_path.parent / 'x'}" not in ov
     assert "trainer.run_name=grpo_d_tiny-s1" in ov
 
