@@ -21,7 +21,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/e2e -q -rs --durations=15 $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)

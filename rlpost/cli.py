@@ -85,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_config_doc)
 
     for mod in PROVIDERS:
-        try:
-            add: Callable = importlib.import_module(mod).add_cli
-        except (ImportError, AttributeError):
-            continue
+        add: Callable = importlib.import_module(mod).add_cli
         add(sub)
     return p
 

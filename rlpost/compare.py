@@ -139,8 +139,8 @@ def _override_list(value: Any, where: str) -> list[str]:
 def _yaml_scalar(v: Any) -> str:
     if isinstance(v, str):
         return v
-    if isinstance(v, list):
-        return ",".join(_yaml_scalar(x) for x in v)
+    if isinstance(v, list):  # flow style, so one-element and numeric lists stay lists
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip()
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 

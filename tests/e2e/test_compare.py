@@ -21,12 +21,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _cli(*args: str, address: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess (what conftest's run_cli does, usable from a module fixture)."""
     proc = subprocess.run(
         [sys.executable, "-m", "rlpost.cli", *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": address},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -46,6 +46,7 @@ def sft_run(ray_cluster, tmp_path_factory):
         f"trainer.output_dir={out}",
         "trainer.run_name=sft",
         "trainer.steps=6",
+        address=ray_cluster.address,
     )
     return out / "sft"
 

@@ -109,26 +109,18 @@ def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
         assert cut[2][key] == pytest.approx(full[2][key], rel=1e-4, abs=1e-6), key
 
 
-def _alive_actors() -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(
-        address=os.environ["RLPOST_TEST_DASHBOARD"], filters=[("state", "=", "ALIVE")]
-    )
-
-
-def _wait_no_actors(timeout: float = 60) -> list:
+def _wait_no_actors(cluster, timeout: float = 60) -> list:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        alive = _alive_actors()
+        alive = cluster.alive_actors()
         if not alive:
             return []
         time.sleep(2)
-    return _alive_actors()
+    return cluster.alive_actors()
 
 
 def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_cluster.address}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -153,14 +145,14 @@ def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() - t0 < 300, "training never logged a step"
         time.sleep(1)
-    assert _alive_actors(), "expected live actors while training"
+    assert ray_cluster.alive_actors(), "expected live actors while training"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    assert _wait_no_actors() == []
+    assert _wait_no_actors(ray_cluster) == []
 
 
-def test_driver_exception_leaves_no_stray_actors(run_cli, tmp_path):
+def test_driver_exception_leaves_no_stray_actors(ray_cluster, run_cli, tmp_path):
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def score(prompts, completions, **kw):\n    raise ValueError('boom')\n")
     proc = run_cli(
@@ -174,4 +166,4 @@ def test_driver_exception_leaves_no_stray_actors(run_cli, tmp_path):
     )
     assert proc.returncode != 0
     assert "score" in proc.stderr and "boom" in proc.stderr
-    assert _wait_no_actors() == []
+    assert _wait_no_actors(ray_cluster) == []

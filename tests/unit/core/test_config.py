@@ -93,3 +93,32 @@ def test_configuration_doc_matches_dataclasses():
         "docs/configuration.md is stale: regenerate with "
         "`python -m rlpost.cli config-doc > docs/configuration.md`"
     )
+
+
+def test_help_lists_every_subcommand_and_each_has_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlpost.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    commands = [
+        "train",
+        "make-tiny",
+        "config-doc",
+        "make-task",
+        "reward-server",
+        "submit",
+        "jobs",
+        "plan",
+        "launch",
+        "bench",
+        "eval",
+        "sft",
+        "compare",
+        "demo",
+    ]
+    for cmd in commands:
+        assert f"    {cmd} " in proc.stdout or f"    {cmd}\n" in proc.stdout, cmd
+    from rlpost.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(commands)  # nothing registered that is not listed
