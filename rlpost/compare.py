@@ -304,7 +304,10 @@ def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
         if rc == 0 or (stopped and (run_dir / "metrics.jsonl").exists()):
             status.update(ok=True, stopped_by_wall=stopped)
             return status
-        print(f"[compare] {name}: attempt {attempt + 1} failed (exit {rc}); log: {log_path}")
+        print(
+            f"[compare] {name}: attempt {attempt + 1} failed (exit {rc}); log: {log_path}",
+            flush=True,
+        )
     status["error"] = _tail(Path(status["log"]))
     return status
 
@@ -327,8 +330,17 @@ def baseline_eval(spec: CompareSpec, cfg: Config, seed: int) -> dict[str, Any]:
     from rlpost.evaluate import IN_LOOP_SAMPLES
 
     out = spec.out_dir / "baseline" / f"s{seed}.json"
-    if out.exists():
-        return json.loads(out.read_text())
+    want = {
+        "model": str(Path(cfg.model.path)),
+        "data": cfg.data.eval or cfg.data.train,
+        "num_prompts": spec.eval_prompts,
+        "seed": seed,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+    }
+    if out.exists():  # reuse only an evaluation of this very base, data and protocol
+        old = json.loads(out.read_text())
+        if all(old.get(k) == v for k, v in want.items()):
+            return old
     cmd = _cli() + [
         "eval",
         "--model",
@@ -373,14 +385,14 @@ def run_all(spec: CompareSpec, cfgs: dict[str, Config]) -> tuple[list[dict], dic
     first = cfgs[spec.runs[0].label]
     bases = {(c.model.path, c.data.eval or c.data.train) for c in cfgs.values()}
     if len(bases) > 1:
-        print(f"[compare] warning: runs differ in base model or data: {sorted(bases)}")
+        print(f"[compare] warning: runs differ in base model or data: {sorted(bases)}", flush=True)
     if spec.baseline:
         for seed in spec.seeds:
             print(f"[compare] baseline eval of {first.model.path} (seed {seed})", flush=True)
             try:
                 baselines[seed] = baseline_eval(spec, first, seed)
             except RuntimeError as e:
-                print(f"[compare] {e}")
+                print(f"[compare] {e}", flush=True)
     jobs = [(run, seed) for seed in spec.seeds for run in spec.runs]
 
     def go(job: tuple[RunSpec, int]) -> dict:
@@ -388,7 +400,9 @@ def run_all(spec: CompareSpec, cfgs: dict[str, Config]) -> tuple[list[dict], dic
         print(f"[compare] train {run_name(run.label, seed)} ({run.recipe})", flush=True)
         st = run_one(spec, run, seed)
         state = "done" if st["ok"] else "FAILED"
-        print(f"[compare] {st['run']}: {state} in {st['seconds']:.0f}s (log: {st['log']})")
+        print(
+            f"[compare] {st['run']}: {state} in {st['seconds']:.0f}s (log: {st['log']})", flush=True
+        )
         return st
 
     if spec.parallel > 1:
@@ -557,11 +571,14 @@ def winners(summ: dict[str, dict[str, tuple[float, float, int]]]) -> list[str]:
         if len(ranked) > 1:
             (second, (mu2, sd2, n2)) = ranked[1]
             gap = abs(mu - mu2)
-            text += f", ahead of {second} ({_fmt(mu2)} ± {_fmt(sd2)}) by {_fmt(gap)}"
-            if n < 2 or n2 < 2:
-                text += " — one seed, no spread: indicative only"
-            elif gap <= sd + sd2:
-                text += " — within the spread across seeds: not a clear win"
+            if gap < 1e-9:
+                text += f", tied with {second} ({_fmt(mu2)} ± {_fmt(sd2)})"
+            else:
+                text += f", ahead of {second} ({_fmt(mu2)} ± {_fmt(sd2)}) by {_fmt(gap)}"
+                if n < 2 or n2 < 2:
+                    text += " — one seed, no spread: indicative only"
+                elif gap <= sd + sd2:
+                    text += " — within the spread across seeds: not a clear win"
         lines.append(text)
     return lines
 
@@ -667,7 +684,8 @@ def render_report(
         "",
     ]
     if spec.overrides:
-        lines += ["Shared overrides: " + " ".join(f"`{o}`" for o in spec.overrides), ""]
+        last = {o.split("=", 1)[0]: o for o in spec.overrides}  # later overrides win
+        lines += ["Shared overrides: " + " ".join(f"`{o}`" for o in last.values()), ""]
     if commands:
         lines += ["Reproduce:", "", "```", *commands, "```", ""]
     failed = [s for s in statuses or [] if not s.get("ok")]

@@ -1,8 +1,8 @@
 """`rlpost demo` (`make demo`): from nothing to a comparison that shows learning, offline, on CPU.
 
 1. build the ``small`` tiny model (random init, ~11M parameters);
-2. SFT it briefly on single-digit addition so it solves part of the task (`rlpost sft`);
-3. from that base, compare GRPO, GRPO-D and PPO on the same task and budget (`rlpost compare`),
+2. SFT it briefly on two-number countdown so it solves part of the task (`rlpost sft`);
+3. from that base, compare GRPO, GRPO-D and f-DPG on the same task and budget (`rlpost compare`),
    evaluating every few steps on held-out problems;
 4. print the before/after accuracies and where the report is.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,23 @@ from pathlib import Path
 
 SFT_RECIPE = "launch/recipes/sft_small.yaml"
 COMPARE_FILE = "launch/compare/demo.yaml"
+STEP_RE = re.compile(r" rlpost step (\d+) ")
 
 
 class StageError(RuntimeError):
     """A demo stage failed; the message names the stage and its log."""
 
 
+def shown(line: str) -> bool:
+    """Progress worth echoing from a child's output: compare's own lines, every 10th step."""
+    if line.startswith(("[compare]", "results:", "report:", "run directory:", "fine-tuned")):
+        return True
+    m = STEP_RE.search(line)
+    return bool(m) and int(m.group(1)) % 10 == 0
+
+
 def _run(stage: str, cmd: list[str], log_path: Path, retries: int = 1) -> float:
+    """Run a CLI stage, everything into its log, progress lines to the console; retry on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for attempt in range(retries + 1):
@@ -40,7 +51,15 @@ def _run(stage: str, cmd: list[str], log_path: Path, retries: int = 1) -> float:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if shown(line):
+                    print("    " + line.rstrip()[:160], flush=True)
+            rc = proc.wait()
         if rc == 0:
             return time.time() - t0
         print(f"[demo] {stage}: attempt {attempt + 1} exited {rc} (log: {path})", flush=True)
@@ -81,12 +100,16 @@ def demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "rlpost.cli"]
     times: dict[str, float] = {}
+    compare_failed = ""
     t_all = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     try:
         _banner(1, 3, "tiny 'small' model (random init, built offline)")
         t0 = time.time()
-        path = tiny.ensure("small")
+        try:
+            path = tiny.ensure("small")
+        except Exception as e:  # noqa: BLE001 - name the stage, keep the cause
+            raise StageError(f"stage 'model' failed: {type(e).__name__}: {e}") from e
         times["model"] = time.time() - t0
         print(f"model: {path} ({tiny.num_params(path) / 1e6:.1f}M parameters)")
 
@@ -112,21 +135,22 @@ def demo(args: argparse.Namespace) -> int:
         cmd += ["--output-dir", str(out)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
+        t0 = time.time()
         try:
-            times["compare"] = _run("compare", cmd, out / "logs" / "compare.log", retries=0)
-        except StageError:
-            # compare retries its own runs; a failure here still leaves a report of what ran
-            times["compare"] = float("nan")
-            raise
+            _run("compare", cmd, out / "logs" / "compare.log", retries=0)  # it retries its runs
+        except StageError as e:
+            # Failed runs are named in the report; without any results there is nothing to show.
+            if not (out / f"compare-{_compare_name(args.compare)}" / "results.csv").exists():
+                raise
+            compare_failed = str(e)
+        times["compare"] = time.time() - t0
     except StageError as e:
         print(f"\n[demo] FAILED: {e}", file=sys.stderr)
         return 1
     finally:
         times["total"] = time.time() - t_all
 
-    from rlpost.compare import load_spec
-
-    cmp_dir = out / f"compare-{load_spec(args.compare).name}"
+    cmp_dir = out / f"compare-{_compare_name(args.compare)}"
     table = accuracy_table(cmp_dir / "results.csv")
     summary = {"seconds": times, "load_avg_at_start": load, "accuracy": table}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -143,7 +167,24 @@ def demo(args: argparse.Namespace) -> int:
     print(f"[demo] report: {cmp_dir / 'report.md'}")
     if not learned:
         print("[demo] warning: no algorithm beat the SFT base this time", file=sys.stderr)
+    if compare_failed:
+        failed = _failed_runs(cmp_dir)
+        print(f"[demo] FAILED runs: {', '.join(failed) or '?'} ({compare_failed})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _compare_name(path: str) -> str:
+    from rlpost.compare import load_spec
+
+    return load_spec(path).name
+
+
+def _failed_runs(cmp_dir: Path) -> list[str]:
+    status = cmp_dir / "status.json"
+    if not status.exists():
+        return []
+    return [s["run"] for s in json.loads(status.read_text()) if not s.get("ok")]
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -151,7 +192,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         return
     p = subparsers.add_parser(
         "demo",
-        help="offline demo: tiny model, SFT warm-up, compare GRPO / GRPO-D / PPO, report",
+        help="offline demo: tiny model, SFT warm-up, compare GRPO / GRPO-D / f-DPG, report",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--output-dir", default="runs/demo", help="where everything goes")

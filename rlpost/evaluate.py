@@ -65,18 +65,23 @@ def self_meteor(groups: Sequence[Sequence[str]]) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def diversity_metrics(groups: Sequence[Sequence[str]], max_pairs: int = 2000) -> dict[str, float]:
-    """Diversity of sampled completions, grouped by prompt (see module docstring)."""
+def diversity_metrics(
+    groups: Sequence[Sequence[str]], cross: bool = True, max_pairs: int = 2000
+) -> dict[str, float]:
+    """Diversity of sampled completions, grouped by prompt (see module docstring); ``cross``
+    adds METEOR across prompts (a seeded sample of ``max_pairs`` pairs)."""
     from rlpost.metrics import distinct_n, pairwise_meteor
 
     flat = [t for g in groups for t in g]
-    return {
+    out = {
         "diversity": unique_fraction(groups),
         "distinct_1": distinct_n(flat, 1),
         "distinct_2": distinct_n(flat, 2),
         "self_meteor": self_meteor(groups),
-        "cross_meteor": pairwise_meteor(groups, max_pairs=max_pairs),
     }
+    if cross:
+        out["cross_meteor"] = pairwise_meteor(groups, max_pairs=max_pairs)
+    return out
 
 
 def kl_metrics(logp: Any, ref_logp: Any, mask: Any) -> dict[str, float]:
@@ -110,7 +115,7 @@ def _mean(xs: list[float]) -> float:
 
 
 def summarize(
-    greedy: Scored | None, sampled: Scored | None, ks: Sequence[int] = ()
+    greedy: Scored | None, sampled: Scored | None, ks: Sequence[int] = (), cross: bool = True
 ) -> dict[str, float]:
     """The metric dict of one evaluation (keys documented in the module docstring)."""
     out: dict[str, float] = {}
@@ -128,7 +133,7 @@ def summarize(
                 vals = [pass_at_k(len(g), sum(g), k) for g in sampled.correct if 1 <= k <= len(g)]
                 if vals:
                     out[f"pass@{k}"] = _mean(vals)
-        out.update(diversity_metrics(sampled.texts))
+        out.update(diversity_metrics(sampled.texts, cross=cross))
         if greedy is None:
             out.setdefault("reward_mean", out["reward_sampled"])
             out.setdefault("length_mean", out["length_sampled"])
@@ -277,6 +282,7 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
         score_pass(rows, greedy, reward_fn, correct),
         score_pass(rows, sampled, reward_fn, correct),
         ks=(1, IN_LOOP_SAMPLES),
+        cross=False,  # quadratic in prompts, every eval; `rlpost eval` reports it
     )
     ref = getattr(trainer, "reference", None)
     if ref is not None:
@@ -284,7 +290,6 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
         batch = _sequences(rows, sampled, pad)
         ref_lp = ray.get(ref.logprobs_async(batch))
         m.update(kl_metrics(batch["old_logp"], ref_lp, batch["response_mask"]))
-    m.pop("cross_meteor", None)  # quadratic in prompts; `rlpost eval` reports it
     tokens = sum(len(s["token_ids"]) for g in greedy + sampled for s in g)
     out = {f"eval/{k}": float(v) for k, v in m.items()}
     out["eval/tokens_per_s"] = tokens / max(g_s + s_s, 1e-9)

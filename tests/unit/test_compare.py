@@ -331,3 +331,24 @@ def test_token_chunks_keep_each_generate_call_within_the_budget():
     assert [list(c) for c in chunks] == [[0, 1], [2, 3], [4]]
     assert [list(c) for c in token_chunks([500, 10], n=4, budget=100)] == [[0], [1]]
     assert token_chunks([], n=4) == []
+
+
+def test_winner_ties_are_called_ties():
+    rows = [r for r in _rows(best=(0.3, 0.7))]
+    acc_line = next(ln for ln in cmp.winners(cmp.summary(rows)) if "greedy accuracy" in ln)
+    assert "tied with" in acc_line and "ahead of" not in acc_line
+
+
+def test_demo_accuracy_table_and_progress_filter(tmp_path):
+    from rlpost.demo import accuracy_table, shown
+
+    path = cmp.write_csv(_rows(), tmp_path / "results.csv")
+    table = accuracy_table(path)
+    assert table["grpo"]["before"] == pytest.approx(0.1)
+    assert table["grpo"]["after"] == pytest.approx(0.5)  # mean of the seeds' last evals
+    assert table["grpo"]["best"] == pytest.approx(0.7)
+    assert table["grpo_d"]["after_sampled"] == pytest.approx(0.3)
+    assert shown("[compare] train grpo-s0 (x.yaml)")
+    assert shown("2026-01-01 00:00:00,000 rlpost step 20 reward=0.5")
+    assert not shown("2026-01-01 00:00:00,000 rlpost step 21 reward=0.5")
+    assert not shown("(VLLMEngine pid=1) INFO loading weights")
