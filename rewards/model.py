@@ -71,6 +71,23 @@ class RewardModel:
             prompt = "\n".join(str(m.get("content", "")) for m in prompt)
         return f"{prompt}{completion}"
 
+    def encode(self, texts: list[str]) -> Any:
+        """Padded model inputs of formatted texts (the tokenisation scoring and training share)."""
+        return self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            add_special_tokens=not self.has_template,
+        ).to(self.device)
+
+    @staticmethod
+    def reward(logits: torch.Tensor) -> torch.Tensor:
+        """[B] rewards from [B, num_labels] logits: the score, or good − bad for two labels."""
+        logits = logits.float()
+        return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+
     @torch.no_grad()
     def score(self, prompts: list, completions: list[str]) -> torch.Tensor:
         """Float32 scores [N] on CPU; batches are length-sorted so padding stays small."""
@@ -83,17 +100,8 @@ class RewardModel:
         out = torch.empty(len(texts), dtype=torch.float32)
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-                add_special_tokens=not self.has_template,
-            ).to(self.device)
-            logits = self.model(**enc).logits.float()
-            vals = logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
-            out[torch.tensor(idx)] = vals.cpu()
+            enc = self.encode([texts[i] for i in idx])
+            out[torch.tensor(idx)] = self.reward(self.model(**enc).logits).cpu()
         return out
 
     __call__ = score

@@ -61,6 +61,7 @@ PROVIDERS = [
     "rlpost.bench",
     "rlpost.evaluate",
     "rlpost.sft",
+    "rlpost.rm",
     "rlpost.compare",
 ]
 

@@ -42,6 +42,7 @@ import yaml
 
 from rlpost.config import Config, ConfigError, load_config
 
+ROOT = Path(__file__).resolve().parents[1]
 CSV_FIELDS = [
     "algorithm",
     "seed",
@@ -144,9 +145,18 @@ def _yaml_scalar(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def find_file(path: str) -> str:
+    """A path as given when it exists, else relative to the source tree (``launch/...`` from
+    outside the repo)."""
+    if Path(path).exists() or Path(path).is_absolute():
+        return path
+    alt = ROOT / path
+    return str(alt) if alt.exists() else path
+
+
 def load_spec(path: str | Path, extra: Sequence[str] = ()) -> CompareSpec:
     """Parse and check a compare file; ``extra`` overrides apply to every run (after the file's)."""
-    p = Path(path)
+    p = Path(find_file(str(path)))
     if not p.exists():
         raise ConfigError(f"compare file not found: {p}")
     try:
@@ -173,6 +183,7 @@ def load_spec(path: str | Path, extra: Sequence[str] = ()) -> CompareSpec:
                 f"{p}: runs[{i}]: unknown key(s) {bad} (known: label, recipe, overrides)"
             )
         label = str(r.get("label") or Path(r["recipe"]).stem)
+        r = {**r, "recipe": find_file(str(r["recipe"]))}
         runs.append(
             RunSpec(
                 label,
@@ -308,6 +319,8 @@ def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
             f"[compare] {name}: attempt {attempt + 1} failed (exit {rc}); log: {log_path}",
             flush=True,
         )
+        if rc == 2:  # a config error: the same again on retry
+            break
     status["error"] = _tail(Path(status["log"]))
     return status
 

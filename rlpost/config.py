@@ -343,6 +343,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check/convert one leaf value; strings from the command line are parsed as YAML first."""
     origin = get_origin(tp)
     if origin is Literal:
+        # YAML 1.1 reads a bare on/off (or yes/no, true/false) as a boolean
+        if isinstance(value, bool) and {"on", "off"} <= set(get_args(tp)):
+            value = "on" if value else "off"
         if value not in get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
         return value

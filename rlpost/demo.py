@@ -63,6 +63,8 @@ def _run(stage: str, cmd: list[str], log_path: Path, retries: int = 1) -> float:
         if rc == 0:
             return time.time() - t0
         print(f"[demo] {stage}: attempt {attempt + 1} exited {rc} (log: {path})", flush=True)
+        if rc == 2:  # a config error: the same again on retry
+            raise StageError(f"stage '{stage}' failed: configuration error; see {path}")
     raise StageError(f"stage '{stage}' failed after {retries + 1} attempts; see {path}")
 
 
@@ -92,8 +94,10 @@ def accuracy_table(csv_path: Path) -> dict[str, dict[str, float]]:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from rlpost.compare import find_file
     from rlpost.models import tiny
 
+    args.sft_recipe, args.compare = find_file(args.sft_recipe), find_file(args.compare)
     out = Path(args.output_dir)
     if args.fresh and out.exists():
         shutil.rmtree(out)

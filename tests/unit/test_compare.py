@@ -25,14 +25,6 @@ from rlpost.evaluate import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------- eval metrics
 def test_pass_at_k_matches_the_combinatorial_formula():
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
@@ -325,12 +317,12 @@ def test_sft_loss_is_the_token_mean_nll():
 
 
 def test_token_chunks_keep_each_generate_call_within_the_budget():
-    from rlpost.evaluate import token_chunks
+    from rlpost.runtime.rollout import token_chunks
 
     chunks = token_chunks([30, 30, 30, 30, 30], n=4, budget=250)  # 120 tokens a prompt
     assert [list(c) for c in chunks] == [[0, 1], [2, 3], [4]]
     assert [list(c) for c in token_chunks([500, 10], n=4, budget=100)] == [[0], [1]]
-    assert token_chunks([], n=4) == []
+    assert token_chunks([], n=4, budget=100) == []
 
 
 def test_winner_ties_are_called_ties():
@@ -352,3 +344,10 @@ def test_demo_accuracy_table_and_progress_filter(tmp_path):
     assert shown("2026-01-01 00:00:00,000 rlpost step 20 reward=0.5")
     assert not shown("2026-01-01 00:00:00,000 rlpost step 21 reward=0.5")
     assert not shown("(VLLMEngine pid=1) INFO loading weights")
+
+
+def test_wall_budget_counts_training_step_time_only(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert cmp._cum_train_seconds(path) == 0.0
+    path.write_text('{"step": 1, "timing_s/step": 1.5}\n{"step": 2, "timing_s/step": 2.0}\n{bad\n')
+    assert cmp._cum_train_seconds(path) == 3.5

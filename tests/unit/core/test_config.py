@@ -33,6 +33,16 @@ def test_dotted_overrides_are_typed_from_yaml():
     assert parse_override("a.b=") == ("a.b", "")
 
 
+def test_bare_on_off_read_as_yaml_booleans_still_mean_on_off(tmp_path):
+    on = load_config(None, ["model.path=x", "reference.enabled=on"], validate_paths=False)
+    assert on.reference.enabled == "on"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: x}\nreference: {enabled: off}\n")
+    assert load_config(recipe, validate_paths=False).reference.enabled == "off"
+    with pytest.raises(ConfigError, match="data.overlong: True is not one of"):
+        load_config(None, ["model.path=x", "data.overlong=yes"], validate_paths=False)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -113,6 +123,8 @@ def test_help_lists_every_subcommand_and_each_has_help():
         "bench",
         "eval",
         "sft",
+        "rm-data",
+        "train-rm",
         "compare",
         "demo",
     ]

@@ -18,6 +18,15 @@ def test_metrics_jsonl_and_config(tmp_path):
     assert "path: x" in (tmp_path / "run/config.yaml").read_text()
 
 
+def test_log_line_shows_sft_loss_and_eval_accuracy(tmp_path, caplog):
+    cfg = config_from_dict({"model": {"path": "x"}})
+    t = Tracker(cfg, tmp_path / "run", total_steps=1)
+    with caplog.at_level("INFO", logger="rlpost"):
+        t.log(1, {"loss/sft": 0.25, "eval/accuracy": 0.5, "timing_s/step": 2.0, "other": 1.0})
+    t.close()
+    assert "step 1 loss=0.25 eval_acc=0.5 s/step=2" in caplog.text
+
+
 def test_wandb_offline_run_holds_the_metrics(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
