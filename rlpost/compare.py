@@ -67,6 +67,7 @@ WINNER_METRICS = [
     ("reward", True, "final eval reward"),
     ("kl", False, "lowest KL to the reference"),
     ("diversity", True, "most diverse samples"),
+    ("self_meteor", False, "least alike samples of one prompt (self-METEOR)"),
     ("wall_s", False, "least training wall time"),
 ]
 PLOTS = [
@@ -567,6 +568,13 @@ def summary(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
             if (alg, s) in base and r["step"] > 0
         ]
         m["accuracy_gain"] = mean_std(gains)
+        # over-optimisation shows as accuracy falling back from its peak while training reward rises
+        peaks = {}
+        for r in rows:
+            if r["algorithm"] == alg and r["step"] > 0 and not _isnan(r["accuracy"]):
+                peaks[r["seed"]] = max(peaks.get(r["seed"], -math.inf), r["accuracy"])
+        m["accuracy_peak"] = mean_std(list(peaks.values()))
+        m["train_reward"] = mean_std([r["train_reward"] for r in by_seed.values()])
         out[alg] = m
     return out
 
@@ -711,8 +719,8 @@ def render_report(
     lines += ["## Summary (final evaluation, mean ± std over seeds)", ""]
     if base_acc[2]:
         lines += [f"Base model accuracy (step 0): {_fmt(base_acc[0])} ± {_fmt(base_acc[1])}.", ""]
-    head = ["algorithm", "seeds", "step", "accuracy", "gain vs base", "sampled acc.", "reward",
-            "KL", "diversity", "wall s"]  # fmt: skip
+    head = ["algorithm", "seeds", "step", "accuracy", "gain vs base", "peak acc.", "sampled acc.",
+            "reward", "train reward", "KL", "diversity", "self-METEOR", "wall s"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for alg, m in summ.items():
         cells = [
@@ -724,10 +732,13 @@ def render_report(
                 for k in (
                     "accuracy",
                     "accuracy_gain",
+                    "accuracy_peak",
                     "accuracy_sampled",
                     "reward",
+                    "train_reward",
                     "kl",
                     "diversity",
+                    "self_meteor",
                     "wall_s",
                 )  # fmt: skip
             ),

@@ -32,11 +32,75 @@ def _free_port() -> int:
 class SharedCluster:
     address: str  # GCS address, for RAY_ADDRESS
     dashboard: str  # http URL: the state and jobs APIs
+    head: subprocess.Popen
+    log: Path
 
     def alive_actors(self) -> list:
         from ray.util.state import list_actors
 
         return list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")])
+
+    def check_alive(self) -> None:
+        """Fail fast, with the head's log, instead of letting a run wait on a dead cluster."""
+        if self.head.poll() is not None:
+            raise RuntimeError(f"shared ray head exited {self.head.returncode}: {_tail(self.log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+
+
+def _start_head(tmp: Path) -> SharedCluster:
+    port, dash = _free_port(), _free_port()
+    log = tmp / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                "--num-cpus=4",
+                "--include-dashboard=true",
+                f"--dashboard-port={dash}",
+                "--disable-usage-stats",
+                f"--temp-dir={tmp}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return SharedCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", head, log)
+
+
+def _stop_head(cluster: SharedCluster) -> None:
+    if cluster.head.poll() is not None:
+        return
+    os.killpg(cluster.head.pid, signal.SIGTERM)
+    try:
+        cluster.head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(cluster.head.pid, signal.SIGKILL)
+
+
+def _wait_until_ready(cluster: SharedCluster, timeout: float = 180) -> None:
+    """Dashboard answering, a node ALIVE, and the head still running a few seconds later (on a
+    loaded machine the raylet can time out after the dashboard is already up)."""
+    from ray.util.state import list_nodes
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        cluster.check_alive()
+        try:
+            if any(n.state == "ALIVE" for n in list_nodes(address=cluster.dashboard)):
+                time.sleep(5)
+                cluster.check_alive()
+                return
+        except Exception:  # noqa: BLE001 - not up yet: the state API raises while starting
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"ray head not up after {timeout}s: {_tail(cluster.log)}")
 
 
 @pytest.fixture(scope="session")
@@ -44,55 +108,23 @@ def ray_cluster(tmp_path_factory):
     """A Ray head (with dashboard: the state and jobs APIs live there) for the whole session.
 
     Started with ``--block`` so that stopping it stops this cluster only, not every Ray cluster
-    on the machine (``ray stop`` would)."""
-    port, dash = _free_port(), _free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed in the finaliser
-    head = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            f"--dashboard-port={dash}",
-            "--disable-usage-stats",
-            f"--temp-dir={tmp}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    address, dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
-    _wait_for(dashboard + "/api/version", head, tmp / "head.log")
-    # The address is handed to each CLI run explicitly (not put in os.environ), so tests that
-    # start clusters of their own (placement, submit) never join this one by accident.
+    on the machine (``ray stop`` would). A head that fails to come up is started once more.
+    The address is handed to each CLI run explicitly (not put in os.environ), so tests that
+    start clusters of their own (placement, submit) never join this one by accident."""
+    for attempt in (1, 2):
+        cluster = _start_head(tmp_path_factory.mktemp(f"ray{attempt}"))
+        try:
+            _wait_until_ready(cluster)
+            break
+        except (RuntimeError, TimeoutError) as e:
+            _stop_head(cluster)
+            if attempt == 2:
+                raise
+            print(f"ray head failed to start, retrying: {e}", file=sys.stderr)
     try:
-        yield SharedCluster(address, dashboard)
+        yield cluster
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    import urllib.request
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray head exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"ray head not up after {timeout}s: {log.read_text()[-3000:]}")
+        _stop_head(cluster)
 
 
 def rlpost(
@@ -126,4 +158,5 @@ def rlpost(
 @pytest.fixture
 def run_cli(ray_cluster):
     """``run_cli("train", recipe, *overrides)``: the CLI joined to the shared cluster."""
+    ray_cluster.check_alive()
     return functools.partial(rlpost, ray_address=ray_cluster.address)

@@ -185,6 +185,15 @@ def test_summary_and_winners_with_spread():
     assert kl_line.startswith("**lowest KL")
 
 
+def test_peak_accuracy_shows_a_fall_back_from_the_best_evaluation():
+    rows = cmp.rows_from_metrics("grpo", 0, _metrics([0.2, 0.4, 0.6, 0.8], [0.8, 0.4], [0.1, 0.2]))
+    rows += cmp.rows_from_metrics("grpo", 1, _metrics([0.2] * 4, [0.2, 0.6], [0.1, 0.2]))
+    m = cmp.summary(rows)["grpo"]
+    assert m["accuracy"][0] == pytest.approx(0.5)  # finals 0.4 and 0.6
+    assert m["accuracy_peak"][0] == pytest.approx(0.7)  # peaks 0.8 and 0.6
+    assert m["train_reward"][0] == pytest.approx(0.45)  # (0.7 + 0.2) / 2: means since last eval
+
+
 def test_winner_with_one_seed_says_indicative():
     rows = [r for r in _rows() if r["seed"] == 0]
     acc_line = next(ln for ln in cmp.winners(cmp.summary(rows)) if "greedy accuracy" in ln)
@@ -218,7 +227,8 @@ def test_plots_and_report(tmp_path):
     text = cmp.render_report(spec, rows, statuses, plots, ["rlpost compare x.yaml"])
     assert "![accuracy_vs_kl](accuracy_vs_kl.png)" in text
     assert "## Failed runs" in text and "grpo_d-s1" in text
-    assert "| grpo_d | 2 | 4 | 0.6 ± 0 |" in text
+    assert "| grpo_d | 2 | 4 | 0.6 ± 0 | 0.5 ± 0 | 0.6 ± 0 |" in text  # accuracy, gain, peak
+    assert "self-METEOR" in text
     assert "Base model accuracy (step 0): 0.1" in text
     assert "rlpost compare x.yaml" in text
 
