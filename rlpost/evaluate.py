@@ -29,9 +29,6 @@ from pathlib import Path
 from typing import Any
 
 IN_LOOP_SAMPLES = 4  # completions per prompt in the trainer's sampled eval pass
-# Prompt tokens × n per generate call of `rlpost eval`'s own engine: vLLM's CPU default scheduler
-# budget (see rlpost.runtime.rollout.token_chunks; the trainer's engines chunk by themselves).
-TOKEN_BUDGET = 4096
 RewardFn = Callable[[list[str], list[str], dict[str, list]], list[float | None]]
 
 
@@ -437,13 +434,15 @@ def sampling_params(
 
 def generate_chunked(llm: Any, rows: list[dict], params: Any, n: int) -> list[list[dict]]:
     """Per row, its ``n`` sample dicts; ``params`` is one SamplingParams or one per row. Calls are
-    cut so that Σ prompt tokens × n stays within TOKEN_BUDGET (seeded prefill on CPU)."""
-    from rlpost.runtime.rollout import token_chunks
+    cut so that Σ prompt tokens × n fits one scheduler step on CPU (seeded prefill)."""
+    from rlpost.runtime.rollout import seeded_budget, token_chunks
 
     prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in rows]
     each = params if isinstance(params, list) else [params] * len(rows)
     out: list[list[dict]] = []
-    for idx in token_chunks([len(r["prompt_ids"]) for r in rows], n, TOKEN_BUDGET):
+    budget = seeded_budget(llm)
+    lengths = [len(r["prompt_ids"]) for r in rows]
+    for idx in token_chunks(lengths, n, budget) if budget else [range(len(rows))]:
         part, part_params = [prompts[i] for i in idx], [each[i] for i in idx]
         out += _vllm_samples(llm.generate(part, part_params, use_tqdm=False))
     return out

@@ -48,6 +48,16 @@ def token_chunks(lengths: Sequence[int], n: int, budget: int) -> list[range]:
     return out
 
 
+def seeded_budget(llm: Any) -> int | None:
+    """Prefill tokens one seeded call may hold: a scheduler step's budget on CPU (see
+    token_chunks), no limit elsewhere."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    return llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+
+
 class VLLMEngine:
     """One vLLM ``LLM`` inside a Ray actor (in-process engine core: weight buckets arrive as object
     refs and are read lazily by the worker extension, one bucket at a time)."""
@@ -85,10 +95,7 @@ class VLLMEngine:
             use_tqdm=False,
         )
         self.startup_s = time.time() - t0
-        from vllm.platforms import current_platform
-
-        sched = self.llm.llm_engine.vllm_config.scheduler_config
-        self.seeded_budget = sched.max_num_batched_tokens if current_platform.is_cpu() else None
+        self.seeded_budget = seeded_budget(self.llm)
 
     def ready(self) -> float:
         return self.startup_s
