@@ -3,7 +3,7 @@ Learning"): per prompt, a tree search over reasoning steps with the current poli
 with the highest vs lowest Q form step-level preference pairs; DPO on them. Each step searches
 with the current weights, so the preference data stays on-policy (iterative rounds).
 
-The tree machinery (PUCT, backup, pair extraction) is in rlpost/search.py.
+The tree machinery (PUCT, backup, pair extraction) is in algorithms/mcts_search.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from envs.steps import StepEnv
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError
 from rlpost.objective import dpo_loss, sequence_logp
-from rlpost.search import Node, Pair, extract_pairs, node_value, pair_stats, run_search, tree_stats
-from rlpost.search import add_children as grow
+from algorithms.mcts_search import Node, Pair, extract_pairs, node_value, pair_stats, run_search, tree_stats
+from algorithms.mcts_search import add_children as grow
 
 EVAL_PROMPT = "\nIs this step correct? Answer Yes or No:"
 ANSWERS = (" Yes", " No")

@@ -55,14 +55,14 @@ def render_config_doc() -> str:
 
 # Subcommand providers that live in the plug-in packages and the launch layer.
 PROVIDERS = [
-    "envs.cli",
+    "rlpost.commands.make_task",
     "rewards.server",
-    "rlpost.launch.cli",
-    "rlpost.bench",
-    "rlpost.evaluate",
-    "rlpost.sft",
-    "rlpost.rm",
-    "rlpost.compare",
+    "rlpost.commands.launch.cli",
+    "rlpost.commands.bench",
+    "rlpost.commands.evaluate",
+    "rlpost.commands.sft",
+    "rlpost.commands.rm",
+    "rlpost.commands.compare",
 ]
 
 

@@ -6,47 +6,78 @@ import difflib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named table of plug-ins; ``get`` also accepts ``path/to/file.py:Name`` or ``pkg.mod:Name``."""
+    """A named table of plug-ins (algorithms, rewards, tasks, environments, objective terms).
+
+    ``get`` also accepts ``path/to/file.py:Name`` or ``pkg.mod:Name``; a typo names the closest
+    known entry and lists them all. Registering a different object under a taken name is refused
+    unless ``overwrite=True``: two plug-ins silently shadowing each other is a bug.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
-        def deco(obj: T) -> T:
-            self._items[name or getattr(obj, "name", None) or obj.__name__] = obj  # type: ignore[attr-defined]
-            return obj
+    @overload
+    def register(self, name: str | None = None) -> Callable[[T], T]: ...
+    @overload
+    def register(self, name: str, obj: T, *, overwrite: bool = False) -> T: ...
 
-        return deco
+    def register(self, name: str | None = None, obj: T | None = None, *, overwrite: bool = False):
+        """Add ``obj`` under ``name`` (default: its ``name`` or ``__name__``), or decorate."""
 
-    def add(self, name: str, obj: T) -> None:
-        self._items[name] = obj
+        def add(item: T) -> T:
+            key = name or getattr(item, "name", None) or item.__name__  # type: ignore[attr-defined]
+            old = self._items.get(key)
+            if old is not None and old is not item and not overwrite:
+                raise KeyError(f"{self.kind} {key!r} is already registered")
+            self._items[key] = item
+            return item
+
+        return add if obj is None else add(obj)
+
+    def add(self, name: str, obj: T, *, overwrite: bool = False) -> T:
+        """Non-decorator spelling of :meth:`register`."""
+        return self.register(name, obj, overwrite=overwrite)
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
 
     def get(self, name: str) -> T:
         if name in self._items:
             return self._items[name]
         if ":" in name:
             return load_object(name)
+        raise KeyError(self.unknown(name))
+
+    def unknown(self, name: str) -> str:
+        """The one-line refusal for ``name``: closest match, then every known name."""
         close = difflib.get_close_matches(name, self.names(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise KeyError(
-            f"unknown {self.kind} '{name}'{hint} (known: {', '.join(self.names())}; "
-            f"or give file.py:Name)"
-        )
+        known = ", ".join(self.names()) or "(none)"
+        return f"unknown {self.kind} '{name}'{hint} (known: {known}; or give file.py:Name)"
 
 
 def load_object(spec: str) -> Any:

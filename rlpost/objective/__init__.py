@@ -55,7 +55,7 @@ from rlpost.objective.losses import (
     sft_loss,
     value_loss,
 )
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 __all__ = [
     "ADVANTAGES",

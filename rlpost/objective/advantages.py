@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 ADVANTAGES: Registry[Callable[..., Any]] = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 Count = float | int | Tensor | None
 

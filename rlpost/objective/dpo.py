@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 PrefLoss = Callable[[Tensor, float, float], Tensor]
 PREFERENCE_LOSSES: Registry[PrefLoss] = Registry("preference loss")

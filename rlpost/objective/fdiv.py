@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlpost.objective.aggregate import Count, safe_div
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 LOG2 = math.log(2.0)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rlpost.objective.aggregate import Count, aggregate, masked_mean
-from rlpost.objective.registry import Registry
+from rlpost.registry import Registry
 
 # ---------------------------------------------------------------------------------------------
 # Per-token estimators of KL(π‖ref) from samples of π, as functions of d = ref_logp − logp.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.rm import load_pairs
+from rlpost.commands.rm import load_pairs
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -106,9 +106,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def rlpost(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it (`python -m rlpost.launch` = the launch commands of `rlpost`)."""
+    """The CLI as a user runs it (`python -m rlpost.commands.launch` = the launch commands of `rlpost`)."""
     return subprocess.run(
-        [sys.executable, "-m", "rlpost.launch", *args],
+        [sys.executable, "-m", "rlpost.commands.launch", *args],
         cwd=cwd,
         env=env_for_ray(),
         capture_output=True,

@@ -10,7 +10,7 @@ import torch
 
 from rlpost import compare as cmp
 from rlpost.config import ConfigError
-from rlpost.evaluate import (
+from rlpost.commands.evaluate import (
     Scored,
     correctness_fn,
     kl_metrics,
@@ -342,7 +342,7 @@ def test_winner_ties_are_called_ties():
 
 
 def test_demo_accuracy_table_and_progress_filter(tmp_path):
-    from rlpost.demo import accuracy_table, shown
+    from rlpost.commands.demo import accuracy_table, shown
 
     path = cmp.write_csv(_rows(), tmp_path / "results.csv")
     table = accuracy_table(path)

@@ -12,7 +12,7 @@ import torch
 from algorithms.mcts_dpo import MCTSDPO
 from rlpost.batch import Batch
 from rlpost.config import ConfigError
-from rlpost.search import (
+from algorithms.mcts_search import (
     Node,
     add_children,
     backup,

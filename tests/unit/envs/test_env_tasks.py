@@ -9,7 +9,7 @@ import re
 import pytest
 
 from envs.base import get_task, make_task_file, parse_options, task_names
-from envs.cli import add_cli
+from rlpost.commands.make_task import add_cli
 from envs.countdown import CountdownTask
 
 SPECS = [

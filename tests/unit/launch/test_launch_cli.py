@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from rlpost.launch.cli import add_cli, main
+from rlpost.commands.launch.cli import add_cli, main
 
 SPLIT = """\
 model: {path: x}

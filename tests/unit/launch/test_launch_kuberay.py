@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from rlpost.config import ConfigError
-from rlpost.launch import kuberay
-from rlpost.launch.cli import main
+from rlpost.commands.launch import kuberay
+from rlpost.commands.launch.cli import main
 
 
 def manifest(**kw):

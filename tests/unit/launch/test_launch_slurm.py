@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.launch import slurm
-from rlpost.launch.cli import main
+from rlpost.commands.launch import slurm
+from rlpost.commands.launch.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rlpost.config import ConfigError, load_config, parse_override
-from rlpost.launch.submit import build_command_job, build_train_job
+from rlpost.commands.launch.submit import build_command_job, build_train_job
 from rlpost.registry import load_object
 
 RECIPE = """\

@@ -15,7 +15,7 @@ from rewards.model import RewardModel
 from rlpost.cli import main
 from rlpost.data import DataError
 from rlpost.models import tiny
-from rlpost.rm import (
+from rlpost.commands.rm import (
     METRICS_FILE,
     SUMMARY_FILE,
     TrainRMOptions,

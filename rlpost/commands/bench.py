@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ANCHOR = ROOT / "launch/recipes/bench_small.yaml"
 PHASES = ["generate", "score", "train", "sync"]
 

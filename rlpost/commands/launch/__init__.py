@@ -1,5 +1,5 @@
 """Getting a run onto a cluster: Ray Jobs submission, SLURM scripts, KubeRay RayJobs.
 
-``rlpost.launch.cli.add_cli`` adds ``submit``, ``jobs``, ``plan`` and ``launch`` to the ``rlpost``
+``rlpost.commands.launch.cli.add_cli`` adds ``submit``, ``jobs``, ``plan`` and ``launch`` to the ``rlpost``
 command; the placement plan itself lives in ``rlpost.runtime.placement``.
 """

@@ -43,7 +43,7 @@ def run_make_task(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envs.cli")
+    parser = argparse.ArgumentParser(prog="python -m rlpost.commands.make_task")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -22,7 +22,7 @@ import yaml
 
 from rlpost.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2] / "launch" / "kuberay"
+ROOT = Path(__file__).resolve().parents[3] / "launch" / "kuberay"
 TEMPLATE = ROOT / "rayjob.template.yaml"
 CRD = ROOT / "ray.io_rayjobs.yaml"
 

@@ -74,7 +74,7 @@ def _banner(i: int, n: int, text: str) -> None:
 
 def accuracy_table(csv_path: Path) -> dict[str, dict[str, float]]:
     """algorithm -> {before, after, best} greedy eval accuracy (means over seeds)."""
-    from rlpost.compare import final_rows, mean_std, read_csv
+    from rlpost.commands.compare import final_rows, mean_std, read_csv
 
     rows = read_csv(csv_path)
     out: dict[str, dict[str, float]] = {}
@@ -94,7 +94,7 @@ def accuracy_table(csv_path: Path) -> dict[str, dict[str, float]]:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from rlpost.compare import find_file
+    from rlpost.commands.compare import find_file
     from rlpost.models import tiny
 
     args.sft_recipe, args.compare = find_file(args.sft_recipe), find_file(args.compare)
@@ -179,7 +179,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _compare_name(path: str) -> str:
-    from rlpost.compare import load_spec
+    from rlpost.commands.compare import load_spec
 
     return load_spec(path).name
 

@@ -42,7 +42,7 @@ import yaml
 
 from rlpost.config import Config, ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CSV_FIELDS = [
     "algorithm",
     "seed",
@@ -341,7 +341,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def baseline_eval(spec: CompareSpec, cfg: Config, seed: int) -> dict[str, Any]:
     """Step 0: the base model under the in-loop protocol (greedy + IN_LOOP_SAMPLES samples)."""
-    from rlpost.evaluate import IN_LOOP_SAMPLES
+    from rlpost.commands.evaluate import IN_LOOP_SAMPLES
 
     out = spec.out_dir / "baseline" / f"s{seed}.json"
     want = {
@@ -852,7 +852,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_compare)
     # `rlpost demo` is a compare with an SFT stage before it; rlpost.cli's PROVIDERS does not list
-    # rlpost.demo, so it is registered from here (once, whoever registers it first).
-    from rlpost import demo
+    # rlpost.commands.demo, so it is registered from here (once, whoever registers it first).
+    from rlpost.commands import demo
 
     demo.add_cli(subparsers)

@@ -2,7 +2,7 @@
 
 ``add_cli(subparsers)`` registers the commands on the main ``rlpost`` parser; each handler is
 ``func(args) -> int`` (0 ok, 1 the job or the cluster failed, 2 a config / plan problem).
-``python -m rlpost.launch ...`` runs these commands without the rest of the CLI.
+``python -m rlpost.commands.launch ...`` runs these commands without the rest of the CLI.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _recipe(args: argparse.Namespace) -> Config:
 
 @_guard("submit")
 def cmd_submit(args: argparse.Namespace) -> int:
-    from rlpost.launch import submit as sub
+    from rlpost.commands.launch import submit as sub
 
     env = _kv(args.env, "--env")
     excludes = None if not args.exclude else sub.DEFAULT_EXCLUDES + list(args.exclude)
@@ -131,7 +131,7 @@ def _when(ms: int | None) -> str:
 
 @_guard("jobs")
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from rlpost.launch import submit as sub
+    from rlpost.commands.launch import submit as sub
 
     address = _address(args)
     if args.action == "list":
@@ -221,7 +221,7 @@ def _write(text: str, out: str) -> None:
 
 @_guard("launch slurm")
 def cmd_launch_slurm(args: argparse.Namespace) -> int:
-    from rlpost.launch import slurm
+    from rlpost.commands.launch import slurm
     from rlpost.runtime.placement import Node
 
     if args.check and not args.compare:
@@ -262,7 +262,7 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
 
 @_guard("launch kuberay")
 def cmd_launch_kuberay(args: argparse.Namespace) -> int:
-    from rlpost.launch import kuberay
+    from rlpost.commands.launch import kuberay
     from rlpost.runtime.placement import Node
 
     res = {k: float(v) for k, v in _kv(args.worker_resource, "--worker-resource").items()}

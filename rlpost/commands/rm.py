@@ -136,7 +136,7 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
 
     from rewards.pipeline import RewardPipeline
     from rlpost.data import load_prompts
-    from rlpost.evaluate import (
+    from rlpost.commands.evaluate import (
         eval_config,
         generate_chunked,
         resolve_policy,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rlpost.config import ConfigError
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "rlpost.sbatch.in"
+TEMPLATE = Path(__file__).resolve().parents[3] / "launch" / "slurm" / "rlpost.sbatch.in"
 _TOKEN = re.compile(r"@([A-Z_]+)@")
 _SAFE = re.compile(r"^[A-Za-z0-9_.:,/%=+\-]+$")  # values allowed on an #SBATCH line
 
