@@ -66,10 +66,28 @@ class Experience(Protocol):
         """Current learner policy log-probs without grad (e.g. for self-evaluation)."""
 
 
+@dataclass
+class NoOptions:
+    """An algorithm that only uses the shared ``algorithm.*`` keys."""
+
+
 class Algorithm:
-    """Base class; subclasses override what differs. Defaults give on-policy sampling + scoring."""
+    """Base class; subclasses override what differs. Defaults give on-policy sampling + scoring.
+
+    ``Options``: a dataclass of the algorithm's own knobs (each field with a ``help`` in its
+    metadata), set as ``algorithm.<field>`` and read as ``cfg.algorithm.<field>``; the config
+    types and checks them before any actor starts, and docs/configuration.md lists them.
+    """
 
     name: ClassVar[str] = "base"
+    Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """Cross-field checks, run while the config loads, before any actor starts. Building the
+        algorithm is the check: constructors raise ``ConfigError`` naming the key (cheap: no
+        models are loaded here)."""
+        cls(cfg)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -122,15 +140,18 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
-def build_algorithm(cfg: Config) -> Algorithm:
+def algorithm_class(spec: str) -> type[Algorithm]:
     """Registry name or ``file.py:Class``; importing ``algorithms`` registers the built-ins."""
-    import algorithms  # noqa: F401  (registers built-ins)
+    import algorithms  # noqa: F401  (registers the built-ins; the package imports this module)
 
-    spec = cfg.algorithm.name
     cls = ALGORITHMS.get(absolute_spec(spec) if ":" in spec else spec)
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise TypeError(f"algorithm.name={spec}: {cls!r} is not an rlpost Algorithm subclass")
-    return cls(cfg)
+        raise TypeError(f"{spec}: {cls!r} is not an rlpost Algorithm subclass")
+    return cls
+
+
+def build_algorithm(cfg: Config) -> Algorithm:
+    return algorithm_class(cfg.algorithm.name)(cfg)
 
 
 def kl_controller_from(cfg: Config):

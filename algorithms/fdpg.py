@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
 from algorithms.base import Algorithm, Needs, as_floats, register
 from rlpost.batch import Batch
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, option
 from rlpost.objective import (
     F_DIVERGENCES,
     LogZTracker,
@@ -41,9 +43,16 @@ def divergence_estimate(
     return (F_DIVERGENCES.get(divergence).f(log_t) * torch.exp(-log_t)).mean().item()
 
 
+@dataclass
+class FDPGOptions:
+    divergence: str = option("js", "f-divergence to the target: forward_kl, reverse_kl, tv, js")
+    logz_momentum: float = option(0.9, "moving average of log Z")
+
+
 @register
 class FDPG(Algorithm):
     name = "fdpg"
+    Options = FDPGOptions
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

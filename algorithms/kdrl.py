@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+from typing import Literal
+
 from algorithms.base import Needs, as_floats, register
 from algorithms.grpo import GRPO
 from rlpost.batch import Batch
+from rlpost.config import ConfigError, option
 from rlpost.objective import kd_loss, kl_controller
 
 
@@ -30,12 +34,24 @@ def kd_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return (scores < threshold).to(torch.float32)
 
 
+@dataclass
+class KDRLOptions:
+    kd_mask_threshold: float = option(-1.0, "no KD term when reward >= threshold; <0 = off")
+    kd_beta_start: float = option(5e-3, "teacher-KL coefficient at the first step")
+    kd_beta_end: float = option(1e-3, "teacher-KL coefficient at the last step (annealed)")
+    kd_shape: Literal["linear", "cosine", "step"] = option("linear", "teacher-beta annealing")
+    kd_estimator: Literal["k1", "k2", "k3"] = option("k2", "estimator of KL(student||teacher)")
+
+
 @register
 class KDRL(GRPO):
     name = "kdrl"
+    Options = KDRLOptions
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
+        if not cfg.teacher.path:
+            raise ConfigError("teacher.path: kdrl needs a teacher model")
         a = self.a
         self.kd_beta = kl_controller(
             "schedule",

@@ -10,21 +10,44 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
 from algorithms.base import Algorithm, Needs, as_floats, register
 from envs.steps import StepEnv
 from rlpost.batch import Batch, build_sequences
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, option
 from rlpost.objective import dpo_loss, sequence_logp
-from algorithms.mcts_search import Node, Pair, extract_pairs, node_value, pair_stats, run_search, tree_stats
+from algorithms.mcts_search import (
+    Node,
+    Pair,
+    extract_pairs,
+    node_value,
+    pair_stats,
+    run_search,
+    tree_stats,
+)
 from algorithms.mcts_search import add_children as grow
 
 EVAL_PROMPT = "\nIs this step correct? Answer Yes or No:"
 ANSWERS = (" Yes", " No")
 
 
+@dataclass
+class MCTSDPOOptions:
+    mcts_simulations: int = option(8, "simulations per prompt")
+    mcts_expand: int = option(3, "candidate steps per expansion")
+    mcts_depth: int = option(4, "max depth in steps")
+    mcts_c_puct: float = option(1.0, "PUCT exploration constant")
+    mcts_alpha: float = option(0.5, "weight of outcome reward vs self-evaluation")
+    mcts_margin: float = option(0.0, "min Q margin for a pair")
+    step_delimiter: str = option("\n", "step delimiter")
+    step_max_tokens: int = option(32, "max tokens per step")
+
+
 @register
 class MCTSDPO(Algorithm):
     name = "mcts_dpo"
+    Options = MCTSDPOOptions
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

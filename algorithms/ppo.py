@@ -7,6 +7,7 @@ import torch
 
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
+from rlpost.config import ConfigError
 from rlpost.objective import (
     gae,
     kl_estimate,
@@ -20,6 +21,11 @@ from rlpost.objective import (
 @register
 class PPO(KLRegularized):
     name = "ppo"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if self.a.advantage != "gae":
+            raise ConfigError("algorithm.advantage: ppo needs gae (it trains a critic)")
 
     def needs(self) -> Needs:
         return Needs(samples_per_prompt=self.cfg.rollout.n, reference=True, critic=True)

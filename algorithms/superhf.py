@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, option
 from rlpost.metrics import distinct_n, pairwise_meteor
 from rlpost.objective import sft_loss
 
@@ -38,9 +40,15 @@ def by_group(texts: list[str], group_ids: list) -> list[list[str]]:
     return list(out.values())
 
 
+@dataclass
+class SuperHFOptions:
+    top_k: int = option(1, "completions kept per prompt (the best by reward)")
+
+
 @register
 class SuperHF(KLRegularized):
     name = "superhf"
+    Options = SuperHFOptions
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -17,9 +17,17 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from rlpost.objective import ADVANTAGES, AGGREGATIONS, PREFERENCE_LOSSES
+from rlpost.registry import Registry
+
 
 class ConfigError(ValueError):
     """A config problem; the CLI prints it on one line and exits with code 2."""
+
+
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its meaning; plug-ins declare their ``Options`` fields with it too."""
+    return _f(default, help, **kw)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -211,11 +219,15 @@ class KLConfig:
 
 @dataclass
 class AlgorithmConfig:
+    """The keys every algorithm shares (the objective layer's knobs). An algorithm's own knobs are
+    declared next to its code (its ``Options`` dataclass), set as ``algorithm.<option>`` like these,
+    checked against the configured algorithm, and read as ``cfg.algorithm.<option>``."""
+
     name: str = _f("grpo", "registry name, or file.py:Class for a user's algorithm")
     kl: KLConfig = _f(KLConfig(), "KL regularisation")
-    advantage: str = _f("group", "advantage estimator: group, rloo, gae, reinforce_pp")
+    advantage: str = _f("group", "advantage estimator (objective ADVANTAGES registry)")
     scale: Literal["std", "none"] = _f("std", "group advantage scaling (none = Dr.GRPO)")
-    agg: str = _f("token-mean", "loss aggregation mode")
+    agg: str = _f("token-mean", "loss aggregation mode (objective AGGREGATIONS registry)")
     clip_low: float = _f(0.2, "PPO ratio clip below")
     clip_high: float = _f(0.2, "PPO ratio clip above (clip-higher when larger)")
     dual_clip: float = _f(0.0, "dual-clip constant c > 1, 0 = off")
@@ -223,26 +235,25 @@ class AlgorithmConfig:
     lam: float = _f(0.95, "GAE lambda")
     value_coef: float = _f(0.5, "critic loss weight")
     dynamic_sampling: bool = _f(False, "drop groups whose scores are all equal")
-    beta: float = _f(0.1, "DPO / preference beta")
-    loss_kind: str = _f("sigmoid", "DPO loss: sigmoid, ipo, hinge")
-    label_smoothing: float = _f(0.0, "cDPO label smoothing")
-    preference_data: str = _f("", "DPO offline: file with prompt/chosen/rejected; empty = online")
-    divergence: str = _f("js", "f-DPG divergence: forward_kl, reverse_kl, tv, js")
-    logz_momentum: float = _f(0.9, "f-DPG moving average of log Z")
-    top_k: int = _f(1, "SuperHF: completions kept per prompt")
-    kd_mask_threshold: float = _f(-1.0, "KDRL: no KD term when reward >= threshold; <0 = off")
-    kd_beta_start: float = _f(5e-3, "KDRL: teacher-KL coefficient at the first step")
-    kd_beta_end: float = _f(1e-3, "KDRL: teacher-KL coefficient at the last step (annealed)")
-    kd_shape: Literal["linear", "cosine", "step"] = _f("linear", "KDRL: teacher-beta annealing")
-    kd_estimator: Literal["k1", "k2", "k3"] = _f("k2", "KDRL: estimator of KL(student||teacher)")
-    mcts_simulations: int = _f(8, "MCTS-DPO: simulations per prompt")
-    mcts_expand: int = _f(3, "MCTS-DPO: candidate steps per expansion")
-    mcts_depth: int = _f(4, "MCTS-DPO: max depth in steps")
-    mcts_c_puct: float = _f(1.0, "MCTS-DPO: PUCT exploration constant")
-    mcts_alpha: float = _f(0.5, "MCTS-DPO: weight of outcome reward vs self-evaluation")
-    mcts_margin: float = _f(0.0, "MCTS-DPO: min Q margin for a pair")
-    step_delimiter: str = _f("\n", "MCTS-DPO: step delimiter")
-    step_max_tokens: int = _f(32, "MCTS-DPO: max tokens per step")
+    beta: float = _f(0.1, "preference-loss beta")
+    loss_kind: str = _f("sigmoid", "preference loss (objective PREFERENCE_LOSSES registry)")
+    label_smoothing: float = _f(0.0, "preference-loss label smoothing (cDPO)")
+    preference_data: str = _f("", "offline preference pairs: file with prompt/chosen/rejected")
+    options: dict[str, Any] = _f(
+        {}, "the configured algorithm's own options, set as algorithm.<option> (tables below)"
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: forward to the algorithm's own options. Dunder
+        # and ``options`` lookups must fail plainly, or unpickling (Ray) would recurse.
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        opts = self.__dict__.get("options") or {}
+        if name in opts:
+            return opts[name]
+        raise AttributeError(
+            f"algorithm.{name}: not a shared key nor an option of {self.__dict__.get('name')!r}"
+        )
 
 
 @dataclass
@@ -391,6 +402,9 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
+        if k not in fields and cls is AlgorithmConfig:
+            kwargs.setdefault("options", {})[k] = v  # checked against the algorithm's Options
+            continue
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
@@ -398,6 +412,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             kwargs[k] = _build(tp, v or {}, f"{key}.")
+        elif cls is AlgorithmConfig and k == "options":
+            kwargs.setdefault("options", {}).update(v or {})
         else:
             kwargs[k] = _coerce(key, v, tp)
     return cls(**kwargs)
@@ -427,7 +443,11 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain dict; the algorithm's options are written flat under ``algorithm`` as users set them."""
+    d = dataclasses.asdict(cfg)
+    if isinstance(cfg, Config):
+        d["algorithm"].update(d["algorithm"].pop("options"))
+    return d
 
 
 def load_config(
@@ -450,7 +470,7 @@ def load_config(
     for item in overrides:
         k, v = parse_override(item)
         _set_dotted(tree, k, v)
-    cfg = _build(Config, tree, "")
+    cfg = config_from_dict(tree)
     if validate_paths:
         resolve_tiny_models(cfg)
     validate(cfg, check_paths=validate_paths)
@@ -471,7 +491,34 @@ def resolve_tiny_models(cfg: Config) -> None:
 
 
 def config_from_dict(tree: dict) -> Config:
-    return _build(Config, tree, "")
+    cfg = _build(Config, tree, "")
+    resolve_algorithm(cfg)
+    return cfg
+
+
+def resolve_algorithm(cfg: Config) -> None:
+    """Type the algorithm's own options against its ``Options`` dataclass (defaults filled in,
+    unknown keys refused with the closest name), then run its ``validate`` hook."""
+    # The plug-in package is imported here, not at the top: algorithm modules import this one.
+    from algorithms.base import algorithm_class
+
+    a = cfg.algorithm
+    try:
+        cls = algorithm_class(a.name)
+    except (KeyError, TypeError, ValueError, OSError, AttributeError, ImportError) as e:
+        raise ConfigError(f"algorithm.name: {str(e).strip(chr(34) + chr(39))}") from e
+    opts_cls = cls.Options
+    given = dict(a.options)
+    known = [f.name for f in dataclasses.fields(opts_cls)]
+    for k in given:
+        if k not in known:
+            shared = [f.name for f in dataclasses.fields(AlgorithmConfig) if f.name != "options"]
+            close = difflib.get_close_matches(str(k), known + shared, n=1)
+            hint = f"; did you mean 'algorithm.{close[0]}'?" if close else ""
+            mine = ", ".join(known) or "none"
+            raise ConfigError(f"unknown key 'algorithm.{k}'{hint} ({a.name} options: {mine})")
+    a.options = dataclasses.asdict(_build(opts_cls, given, "algorithm."))
+    cls.validate(cfg)
 
 
 def _model_exists(name: str) -> bool:
@@ -533,12 +580,22 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         raise ConfigError(
             f"reward.weights: {len(w.weights)} weights for {n_sources} reward sources"
         )
-    if a.name in ("ppo",) and a.advantage != "gae":
-        raise ConfigError("algorithm.advantage: ppo needs gae (it trains a critic)")
-    if a.name == "kdrl" and not cfg.teacher.path:
-        raise ConfigError("teacher.path: kdrl needs a teacher model")
+    for key, value, registry in [
+        ("algorithm.advantage", a.advantage, ADVANTAGES),
+        ("algorithm.agg", a.agg, AGGREGATIONS),
+        ("algorithm.loss_kind", a.loss_kind, PREFERENCE_LOSSES),
+    ]:
+        check_registered(key, value, registry)
+    if a.kl.beta < 0:
+        raise ConfigError(f"algorithm.kl.beta: must be >= 0, got {a.kl.beta}")
     if a.dual_clip and a.dual_clip <= 1:
         raise ConfigError(f"algorithm.dual_clip: must be > 1 (or 0 = off), got {a.dual_clip}")
+
+
+def check_registered(key: str, value: str, registry: Registry) -> None:
+    """A name the registry knows, or a user's ``file.py:name`` / ``module:name`` (loaded later)."""
+    if value not in registry and ":" not in value:
+        raise ConfigError(f"{key}: {registry.unknown(value)}")
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:

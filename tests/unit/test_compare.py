@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlpost import compare as cmp
+from rlpost.commands import compare as cmp
 from rlpost.config import ConfigError
 from rlpost.commands.evaluate import (
     Scored,
