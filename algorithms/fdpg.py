@@ -14,9 +14,9 @@ so the learner's per-micro-batch sums with global N add up to the batch mean wha
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
+
+import torch
 
 from algorithms.base import Algorithm, Needs, as_floats, register
 from rlpost.batch import Batch

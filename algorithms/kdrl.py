@@ -14,10 +14,10 @@ TeacherGroup on the student's tokens; the trainer refuses a teacher whose tokeni
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
 
 from algorithms.base import Needs, as_floats, register
 from algorithms.grpo import GRPO

@@ -8,15 +8,11 @@ The tree machinery (PUCT, backup, pair extraction) is in algorithms/mcts_search.
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 
+import torch
+
 from algorithms.base import Algorithm, Needs, as_floats, register
-from envs.steps import StepEnv
-from rlpost.batch import Batch, build_sequences
-from rlpost.config import ConfigError, option
-from rlpost.objective import dpo_loss, sequence_logp
 from algorithms.mcts_search import (
     Node,
     Pair,
@@ -27,6 +23,10 @@ from algorithms.mcts_search import (
     tree_stats,
 )
 from algorithms.mcts_search import add_children as grow
+from envs.steps import StepEnv
+from rlpost.batch import Batch, build_sequences
+from rlpost.config import ConfigError, option
+from rlpost.objective import dpo_loss, sequence_logp
 
 EVAL_PROMPT = "\nIs this step correct? Answer Yes or No:"
 ANSWERS = (" Yes", " No")

@@ -8,9 +8,9 @@ everyone).
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
+
+import torch
 
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch

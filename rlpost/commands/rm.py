@@ -135,7 +135,6 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from rewards.pipeline import RewardPipeline
-    from rlpost.data import load_prompts
     from rlpost.commands.evaluate import (
         eval_config,
         generate_chunked,
@@ -144,6 +143,7 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
         score_pass,
         vllm_engine,
     )
+    from rlpost.data import load_prompts
 
     if opts.prompts < 1 or opts.n < 2:
         raise DataError(f"rm-data: need --prompts >= 1 and --n >= 2, got {opts.prompts}, {opts.n}")

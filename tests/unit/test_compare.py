@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from rlpost.commands import compare as cmp
-from rlpost.config import ConfigError
 from rlpost.commands.evaluate import (
     Scored,
     correctness_fn,
@@ -21,6 +20,7 @@ from rlpost.commands.evaluate import (
     unique_fraction,
     write_json,
 )
+from rlpost.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

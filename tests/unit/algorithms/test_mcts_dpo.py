@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from algorithms.mcts_dpo import MCTSDPO
-from rlpost.batch import Batch
-from rlpost.config import ConfigError
 from algorithms.mcts_search import (
     Node,
     add_children,
@@ -24,6 +22,8 @@ from algorithms.mcts_search import (
     select_leaf,
     tree_stats,
 )
+from rlpost.batch import Batch
+from rlpost.config import ConfigError
 
 
 def child(parent: Node, q: float, visits: int = 1, prior: float = 0.5, tok: int = 1) -> Node:

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from envs.base import get_task, make_task_file, parse_options, task_names
-from rlpost.commands.make_task import add_cli
 from envs.countdown import CountdownTask
+from rlpost.commands.make_task import add_cli
 
 SPECS = [
     "arithmetic",

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 import yaml
 
-from rlpost.config import ConfigError
 from rlpost.commands.launch import kuberay
 from rlpost.commands.launch.cli import main
+from rlpost.config import ConfigError
 
 
 def manifest(**kw):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlpost.config import ConfigError, load_config, parse_override
 from rlpost.commands.launch.submit import build_command_job, build_train_job
+from rlpost.config import ConfigError, load_config, parse_override
 from rlpost.registry import load_object
 
 RECIPE = """\

@@ -13,8 +13,6 @@ import torch
 
 from rewards.model import RewardModel
 from rlpost.cli import main
-from rlpost.data import DataError
-from rlpost.models import tiny
 from rlpost.commands.rm import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -26,6 +24,8 @@ from rlpost.commands.rm import (
     split_pairs,
     train_rm,
 )
+from rlpost.data import DataError
+from rlpost.models import tiny
 
 WORDS = "apple tree blue seven river stone cloud happy number plus minus green table chair".split()
 
