@@ -10,6 +10,7 @@ sync_weights.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -119,33 +120,27 @@ class Trainer:
         needs = self.needs = self.algo.needs()
         self.dataset = load_prompts(cfg, self.tokenizer, "train")  # data errors before any actor
         self.sampler = PromptSampler(self.dataset, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
-        use_ref = needs.reference and cfg.reference.enabled != "off"
-        if cfg.reference.enabled == "on":
-            use_ref = True
         if needs.teacher:
             check_same_tokenizer(cfg.model.tokenizer or cfg.model.path, cfg.teacher.path)
 
         t0 = time.time()
         connect_ray(cfg)
-        groups = {
-            "reference": int(use_ref),
-            "teacher": int(needs.teacher),
-            "critic": cfg.critic.ranks if needs.critic else 0,
-            "reward": int(needs.reward),
-            "rollout": cfg.rollout.engines if needs.rollout else 0,
-        }
+        groups = placement.default_groups(cfg, needs)
         plan = placement.make_plan(cfg, groups)
         placement.check_fits(plan)
         self.placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
         log.info("placement:\n%s", placement.describe(plan, self.placed))
         self.rollout = RolloutGroup(cfg, cfg.model.path, self.placed) if needs.rollout else None
         self.groups += [self.rollout] if self.rollout is not None else []
-        self.learners = LearnerGroup(cfg, "policy", self.placed, "learner")
+        objective = functools.partial(build_algorithm, cfg)  # each learner rank builds its loss
+        self.learners = LearnerGroup(cfg, "policy", self.placed, "learner", objective)
         self.groups.append(self.learners)
-        self.critic = LearnerGroup(cfg, "critic", self.placed, "critic") if needs.critic else None
+        self.critic = (
+            LearnerGroup(cfg, "critic", self.placed, "critic", objective) if needs.critic else None
+        )
         self.reference = (
             FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", self.placed)
-            if use_ref
+            if groups["reference"]
             else None
         )
         self.teacher = (

@@ -8,9 +8,11 @@ backpropagated with ``scale_wrt_gas=False``: the update is then independent of r
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -42,7 +44,6 @@ def token_logprobs(
 def lr_lambda(warmup: int, total: int, shape: str):
     """Multiplier of the base LR at optimizer step s (0-based): linear warm-up over ``warmup``
     steps (the first step already trains: (s+1)/warmup), then constant, linear or cosine decay."""
-    import math
 
     def f(s: int) -> float:
         if warmup and s < warmup:
@@ -89,7 +90,16 @@ def ds_config(cfg: Config, role: str, micro: int, gas: int, on_gpu: bool) -> dic
 class LearnerWorker:
     """One DeepSpeed rank. ``role`` is 'policy' (causal LM) or 'critic' (token value head)."""
 
-    def __init__(self, cfg: Config, role: str, rank: int, world: int, addr: str, port: int) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        role: str,
+        rank: int,
+        world: int,
+        addr: str,
+        port: int,
+        make_objective: Callable[[], Any] | None = None,
+    ) -> None:
         os.environ.update(
             RANK=str(rank),
             WORLD_SIZE=str(world),
@@ -104,6 +114,8 @@ class LearnerWorker:
         self.device = torch.device("cuda", 0) if self.on_gpu else torch.device("cpu")
         self.engine = None
         self._hf_ds = None
+        self.make_objective = make_objective
+        self.objective: Any = None
 
     @staticmethod
     def node_ip() -> str:
@@ -138,7 +150,6 @@ class LearnerWorker:
             config=conf,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
-        self.algo = None
         return sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------ forward
@@ -150,12 +161,14 @@ class LearnerWorker:
             return torch.nn.functional.pad(out.logits.squeeze(-1).float()[:, :-1], (1, 0))
         return token_logprobs(out.logits, ids, self.cfg.rollout.temperature)
 
-    def _algorithm(self):
-        if self.algo is None:
-            from algorithms.base import build_algorithm
-
-            self.algo = build_algorithm(self.cfg)
-        return self.algo
+    def _objective(self) -> Any:
+        """What the driver said to minimise: an object with ``loss`` (policy) / ``critic_loss``
+        (critic) over one micro-batch, built here once from the factory the group was given."""
+        if self.objective is None:
+            if self.make_objective is None:
+                raise RuntimeError(f"{self.role} learner was given no objective to train")
+            self.objective = self.make_objective()
+        return self.objective
 
     @torch.no_grad()
     def forward(self, batch: Batch, micro: int) -> torch.Tensor:
@@ -175,7 +188,7 @@ class LearnerWorker:
         same number of forward passes, which ZeRO-3's collective gathers need.
         """
         self.engine.train()
-        algo = self._algorithm()
+        objective = self._objective()
         micro = max(row_multiple, micro - micro % row_multiple)
         sums: dict[str, float] = {}
         norms: list[float] = []
@@ -187,9 +200,9 @@ class LearnerWorker:
                 mb = mb.trim().to(self.device)
                 out = self._forward(mb)
                 if self.role == "critic":
-                    loss, metrics = algo.critic_loss(out, mb, cnt)
+                    loss, metrics = objective.critic_loss(out, mb, cnt)
                 else:
-                    loss, metrics = algo.loss(out, mb, cnt)
+                    loss, metrics = objective.loss(out, mb, cnt)
                 self.engine.backward(loss * self.world, scale_wrt_gas=False)
                 self.engine.step()
                 for k, v in metrics.items():
@@ -287,8 +300,15 @@ class LearnerGroup:
     """N ranks of ``LearnerWorker``; the driver sees one object with collective methods."""
 
     def __init__(
-        self, cfg: Config, role: str = "policy", placed: Any = None, group: str = "learner"
+        self,
+        cfg: Config,
+        role: str = "policy",
+        placed: Any = None,
+        group: str = "learner",
+        make_objective: Callable[[], Any] | None = None,
     ):
+        """``make_objective`` builds, inside each rank, the object whose ``loss`` (or
+        ``critic_loss``) the rank minimises: the learner runs a loss, it never picks one."""
         self.cfg = cfg
         self.role = role
         lrn = cfg.learner
@@ -306,7 +326,9 @@ class LearnerGroup:
                 addr = ray.get(w0.node_ip.remote())
                 ray.kill(w0)
             self.workers.append(
-                actor.options(**opts).remote(cfg, role, rank, self.world, addr, port)
+                actor.options(**opts).remote(
+                    cfg, role, rank, self.world, addr, port, make_objective
+                )
             )
         self.master_addr = addr
         rows = cfg.trainer.prompts_per_step * cfg.rollout.n

@@ -121,44 +121,18 @@ def _sum(items: list[dict[str, float]]) -> dict[str, float]:
     return tot
 
 
-def _needs_reference_from_config(cfg: Config) -> bool:
-    a = cfg.algorithm
-    return a.kl.beta > 0 or a.name in ("dpo", "mcts_dpo", "fdpg")
-
-
-def default_groups(cfg: Config, needs: Any = None) -> dict[str, int]:
-    """How many actors each optional group has, from the algorithm's ``Needs``.
-
-    The runtime passes the ``Needs`` it already has; ``rlpost plan`` passes none and the algorithm
-    is built from the config, falling back to config heuristics when it cannot be (e.g. a user
-    algorithm file that only exists on the cluster).
-    """
-    if needs is None:
-        try:
-            from algorithms.base import build_algorithm
-
-            needs = build_algorithm(cfg).needs()
-        except Exception:  # a dry run must still work; the heuristics below decide instead
-            needs = None
-    a = cfg.algorithm
-    if needs is not None:
-        reference, teacher, critic = bool(needs.reference), bool(needs.teacher), bool(needs.critic)
-        reward = bool(getattr(needs, "reward", True))
-        rollout = bool(getattr(needs, "rollout", True))
-    else:
-        reference = _needs_reference_from_config(cfg)
-        teacher = bool(cfg.teacher.path)
-        critic = a.name == "ppo" or a.advantage == "gae"
-        reward = not a.preference_data  # offline preference learning scores nothing
-        rollout = a.name != "sft"
+def default_groups(cfg: Config, needs: Any) -> dict[str, int]:
+    """How many actors each optional group has, from the algorithm's ``Needs`` (the runtime
+    knows what an algorithm needs, never which algorithm it is); ``reference.enabled`` overrides."""
+    reference = bool(needs.reference)
     if cfg.reference.enabled != "auto":
         reference = cfg.reference.enabled == "on"
     return {
         "reference": int(reference),
-        "teacher": int(teacher),
-        "critic": cfg.critic.ranks if critic else 0,
-        "reward": int(reward),
-        "rollout": cfg.rollout.engines if rollout else 0,
+        "teacher": int(bool(needs.teacher)),
+        "critic": cfg.critic.ranks if needs.critic else 0,
+        "reward": int(bool(getattr(needs, "reward", True))),
+        "rollout": cfg.rollout.engines if getattr(needs, "rollout", True) else 0,
     }
 
 
@@ -180,15 +154,15 @@ def _sizes(cfg: Config) -> dict[str, tuple[float, float, str]]:
     }
 
 
-def make_plan(cfg: Config, groups: dict[str, int] | None = None) -> Plan:
+def make_plan(cfg: Config, groups: dict[str, int]) -> Plan:
     """Config (+ which optional groups exist) -> Plan. Raises PlacementError naming the key.
 
     ``groups`` maps optional group names (reference, teacher, critic, reward) to actor counts;
     missing names count 0. It may also set ``rollout`` / ``learner`` counts (e.g. rollout 0 for
-    SFT); missing, they come from rollout.engines / learner.ranks. ``None`` infers all of them
-    with ``default_groups(cfg)``.
+    SFT); missing, they come from rollout.engines / learner.ranks (``default_groups`` makes this
+    from an algorithm's ``Needs``).
     """
-    opt = default_groups(cfg) if groups is None else dict(groups)
+    opt = dict(groups)
     bad = sorted(set(opt) - set(GROUPS))
     if bad:
         raise PlacementError(

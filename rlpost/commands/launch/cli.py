@@ -16,7 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from algorithms.base import build_algorithm
 from rlpost.config import Config, ConfigError, load_config
+from rlpost.runtime.placement import Plan, default_groups, make_plan
+
+
+def plan_for(cfg: Config) -> Plan:
+    """The resource plan of a run: the groups its algorithm's ``Needs`` call for."""
+    return make_plan(cfg, default_groups(cfg, build_algorithm(cfg).needs()))
+
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -114,9 +122,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _check_remote(cfg: Config, address: str | None) -> None:
     """Refuse a plan the target cluster cannot hold before uploading anything."""
-    from rlpost.runtime.placement import PlacementError, check_fits, cluster_nodes, make_plan
+    from rlpost.runtime.placement import PlacementError, check_fits, cluster_nodes
 
-    plan = make_plan(cfg)
+    plan = plan_for(cfg)
     try:
         nodes = cluster_nodes(address)
     except PlacementError as e:
@@ -170,7 +178,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rlpost.runtime import placement as pl
 
     cfg = _recipe(args)
-    plan = pl.make_plan(cfg)
+    plan = plan_for(cfg)
     address = _address(args) or cfg.placement.ray_address or None
     if args.cluster and args.node:
         raise ConfigError("plan: give --cluster or --node, not both")
@@ -202,7 +210,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _check_launch(cfg: Config, nodes: list[Any], what: str) -> None:
     from rlpost.runtime import placement as pl
 
-    plan = pl.make_plan(cfg)
+    plan = plan_for(cfg)
     try:
         pl.check_fits(plan, nodes=nodes)
     except pl.PlacementError as e:

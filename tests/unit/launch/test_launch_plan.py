@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from algorithms.base import Needs
 from rlpost.config import ConfigError, config_from_dict
 from rlpost.runtime.placement import (
     Node,
@@ -65,9 +66,9 @@ def test_optional_groups_and_critic_ranks():
         make_plan(cfg, {"judge": 1})
 
 
-def test_default_groups_follow_config():
-    g = default_groups(cfg_of(algorithm={"kl": {"beta": 0.0}}, reference={"enabled": "off"}))
-    assert g["reference"] == 0 and g["reward"] == 1 and g["critic"] == 0
+def test_default_groups_follow_needs_and_reference_switch():
+    g = default_groups(cfg_of(reference={"enabled": "off"}), needs=Needs(reference=True))
+    assert g["reference"] == 0 and g["reward"] == 1 and g["critic"] == 0 and g["rollout"] == 1
     cfg = cfg_of(reference={"enabled": "on"}, critic={"ranks": 3}, rollout={"engines": 2})
     g = default_groups(cfg, needs=_Needs())
     assert g == {"reference": 1, "teacher": 0, "critic": 3, "reward": 0, "rollout": 2}
