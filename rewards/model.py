@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from rlpost.models.hf import load_model, load_tokenizer, resolve_dtype
+
 
 class RewardModel:
     """A frozen ``AutoModelForSequenceClassification`` with batched, deterministic scoring."""
@@ -25,28 +27,17 @@ class RewardModel:
         dtype: str = "auto",
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.path, self.device, self.batch_size, self.max_length = (
             str(path),
             device,
             batch_size,
             max_length,
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.path, trust_remote_code=trust_remote_code
-        )
+        self.tokenizer = load_tokenizer(self.path, trust_remote_code)
         # Keep the end of long texts: the completion is what is being judged.
         self.tokenizer.truncation_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype: Any = (
-            (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-            if dtype == "auto"
-            else getattr(torch, dtype)
-        )
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        self.model = load_model(
+            self.path, "reward", resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
         )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

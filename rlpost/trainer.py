@@ -246,7 +246,7 @@ class Trainer:
                 metrics.update(timer.times)
                 metrics.update(self._batch_metrics(batch, exp, time.perf_counter() - t_step))
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
-                    from rlpost.commands.evaluate import evaluate_in_loop
+                    from rlpost.evaluation import evaluate_in_loop
 
                     metrics.update(evaluate_in_loop(self))
                 tracker.log(self.step, metrics)

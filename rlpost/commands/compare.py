@@ -341,7 +341,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def baseline_eval(spec: CompareSpec, cfg: Config, seed: int) -> dict[str, Any]:
     """Step 0: the base model under the in-loop protocol (greedy + IN_LOOP_SAMPLES samples)."""
-    from rlpost.commands.evaluate import IN_LOOP_SAMPLES
+    from rlpost.evaluation import IN_LOOP_SAMPLES
 
     out = spec.out_dir / "baseline" / f"s{seed}.json"
     want = {

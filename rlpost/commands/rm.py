@@ -137,13 +137,12 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     from rewards.pipeline import RewardPipeline
     from rlpost.commands.evaluate import (
         eval_config,
-        generate_chunked,
+        eval_engine,
         resolve_policy,
-        sampling_params,
-        score_pass,
-        vllm_engine,
+        sample,
     )
     from rlpost.data import load_prompts
+    from rlpost.evaluation import score_pass
 
     if opts.prompts < 1 or opts.n < 2:
         raise DataError(f"rm-data: need --prompts >= 1 and --n >= 2, got {opts.prompts}, {opts.n}")
@@ -165,13 +164,12 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     max_tokens = opts.max_new_tokens or cfg.rollout.max_new_tokens
 
     t0 = time.time()
-    llm = vllm_engine(model_dir, cfg, opts.seed)
+    engine = eval_engine(model_dir, cfg)
     engine_s, t0 = time.time() - t0, time.time()
     # Seeds spaced by n: vLLM gives sample j of a request seed + j.
     seeds = [opts.seed * 1_000_003 + 7919 + i * opts.n for i in range(len(rows))]
-    params = sampling_params(cfg, opts.n, max_tokens, opts.temperature, seeds)
-    samples = generate_chunked(llm, rows, params, opts.n)
-    del llm
+    samples = sample(engine, rows, opts.n, max_tokens, opts.temperature, seeds)
+    del engine
     gen_s = time.time() - t0
 
     pipeline = RewardPipeline(cfg)

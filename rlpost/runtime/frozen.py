@@ -9,17 +9,16 @@ import torch
 
 from rlpost.batch import Batch
 from rlpost.config import Config
-from rlpost.runtime.learner import token_logprobs
+from rlpost.models.hf import load_model, load_tokenizer, token_logprobs
 
 
 class FrozenWorker:
     def __init__(self, cfg: Config, path: str, threads: int = 1) -> None:
-        from transformers import AutoModelForCausalLM
-
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.model = load_model(
+            path, "causal_lm", "auto", self.device, cfg.model.trust_remote_code
+        ).eval()
         self.temperature = cfg.rollout.temperature
         self.micro = max(1, cfg.learner.micro_batch_size)
 
@@ -59,9 +58,7 @@ class FrozenGroup:
 
 def check_same_tokenizer(student: str, teacher: str) -> None:
     """KDRL: teacher log-probs on the student's tokens only make sense with one vocabulary."""
-    from transformers import AutoTokenizer
-
-    a, b = AutoTokenizer.from_pretrained(student), AutoTokenizer.from_pretrained(teacher)
+    a, b = load_tokenizer(student), load_tokenizer(teacher)
     if a.get_vocab() != b.get_vocab():
         raise ValueError(
             f"teacher.path: the teacher's tokenizer ({teacher}, {len(b)} tokens) differs from the "

@@ -20,25 +20,13 @@ import torch
 
 from rlpost.batch import Batch
 from rlpost.config import Config
+from rlpost.models.hf import load_model, token_logprobs
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """log π(x_t | x_<t) aligned with input_ids ([B, L]; position 0 gets 0)."""
-    logits = logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    target = input_ids[:, 1:]
-    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    lp = picked - torch.logsumexp(logits, dim=-1)
-    return torch.nn.functional.pad(lp, (1, 0))
 
 
 def lr_lambda(warmup: int, total: int, shape: str):
@@ -124,7 +112,6 @@ class LearnerWorker:
     def init(self, micro: int, gas: int, seed: int) -> int:
         """Load the model and build the DeepSpeed engine (all ranks call this together)."""
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
         from transformers.integrations import HfDeepSpeedConfig
 
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
@@ -135,9 +122,16 @@ class LearnerWorker:
         dtype = torch.bfloat16 if conf.get("bf16") else torch.float32
         if self.role == "critic":
             path = self.cfg.critic.path or self.cfg.model.path
-            model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            model = load_model(
+                path, "value", dtype, trust_remote_code=self.cfg.model.trust_remote_code
+            )
         else:
-            model = AutoModelForCausalLM.from_pretrained(self.cfg.model.path, dtype=dtype)
+            model = load_model(
+                self.cfg.model.path,
+                "causal_lm",
+                dtype,
+                trust_remote_code=self.cfg.model.trust_remote_code,
+            )
         if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from rlpost.commands import compare as cmp
-from rlpost.commands.evaluate import (
+from rlpost.commands.evaluate import write_json
+from rlpost.config import ConfigError
+from rlpost.evaluation import (
     Scored,
     correctness_fn,
     kl_metrics,
@@ -18,9 +20,7 @@ from rlpost.commands.evaluate import (
     score_pass,
     summarize,
     unique_fraction,
-    write_json,
 )
-from rlpost.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

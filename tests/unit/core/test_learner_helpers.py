@@ -6,7 +6,8 @@ import torch
 
 from rlpost.batch import build_sequences
 from rlpost.config import config_from_dict
-from rlpost.runtime.learner import _even_chunks, _pad_rows, ds_config, lr_lambda, token_logprobs
+from rlpost.models.hf import token_logprobs
+from rlpost.runtime.learner import _even_chunks, _pad_rows, ds_config, lr_lambda
 
 
 def test_token_logprobs_align_with_input_ids():
