@@ -80,6 +80,7 @@ PROVIDERS = [
     "rlpost.commands.sft",
     "rlpost.commands.rm",
     "rlpost.commands.compare",
+    "rlpost.commands.demo",
 ]
 
 

@@ -23,6 +23,7 @@ import torch
 
 from rlpost import checkpoint
 from rlpost.config import Config, ConfigError
+from rlpost.models.hf import load_tokenizer
 from rlpost.tracking import Timer, Tracker, setup_logging
 
 log = logging.getLogger("rlpost")
@@ -100,8 +101,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from transformers import AutoTokenizer
-
         from algorithms.base import build_algorithm
         from rlpost.data import PromptSampler, load_prompts
         from rlpost.runtime import placement
@@ -115,7 +114,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.run_dir / "train.log")
         torch.manual_seed(cfg.trainer.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or cfg.model.path)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.algo = build_algorithm(cfg)
         needs = self.needs = self.algo.needs()
         self.dataset = load_prompts(cfg, self.tokenizer, "train")  # data errors before any actor

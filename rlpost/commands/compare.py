@@ -851,8 +851,3 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--report-only", action="store_true", help="rebuild CSV, plots and report from the runs"
     )
     p.set_defaults(func=_compare)
-    # `rlpost demo` is a compare with an SFT stage before it; rlpost.cli's PROVIDERS does not list
-    # rlpost.commands.demo, so it is registered from here (once, whoever registers it first).
-    from rlpost.commands import demo
-
-    demo.add_cli(subparsers)

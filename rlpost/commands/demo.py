@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from rlpost.commands.compare import final_rows, find_file, load_spec, mean_std, read_csv
+from rlpost.models import tiny
+
 SFT_RECIPE = "launch/recipes/sft_small.yaml"
 COMPARE_FILE = "launch/compare/demo.yaml"
 STEP_RE = re.compile(r" rlpost step (\d+) ")
@@ -74,7 +77,6 @@ def _banner(i: int, n: int, text: str) -> None:
 
 def accuracy_table(csv_path: Path) -> dict[str, dict[str, float]]:
     """algorithm -> {before, after, best} greedy eval accuracy (means over seeds)."""
-    from rlpost.commands.compare import final_rows, mean_std, read_csv
 
     rows = read_csv(csv_path)
     out: dict[str, dict[str, float]] = {}
@@ -94,8 +96,6 @@ def accuracy_table(csv_path: Path) -> dict[str, dict[str, float]]:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from rlpost.commands.compare import find_file
-    from rlpost.models import tiny
 
     args.sft_recipe, args.compare = find_file(args.sft_recipe), find_file(args.compare)
     out = Path(args.output_dir)
@@ -179,7 +179,6 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _compare_name(path: str) -> str:
-    from rlpost.commands.compare import load_spec
 
     return load_spec(path).name
 
@@ -192,8 +191,6 @@ def _failed_runs(cmp_dir: Path) -> list[str]:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    if "demo" in subparsers.choices:
-        return
     p = subparsers.add_parser(
         "demo",
         help="offline demo: tiny model, SFT warm-up, compare GRPO / GRPO-D / f-DPG, report",

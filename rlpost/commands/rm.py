@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from rlpost.data import DataError, check_prompt
+from rlpost.models.hf import load_tokenizer
 
 PAIRS_COLUMNS = ("prompt", "chosen", "rejected")
 METRICS_FILE = "train_rm_metrics.jsonl"
@@ -132,8 +133,6 @@ def pairs_from_group(texts: list[str], scores: list[float | None]) -> list[tuple
 
 def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     """Sample, score, pair and write; returns a summary dict."""
-    from transformers import AutoTokenizer
-
     from rewards.pipeline import RewardPipeline
     from rlpost.commands.evaluate import (
         eval_config,
@@ -159,7 +158,7 @@ def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, reward=reward, data=data)
     if cfg.data.env:
         raise DataError("rm-data: multi-turn data (data.env) is not supported")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(str(model_dir))
     rows = list(load_prompts(cfg, tok, "train"))[: opts.prompts]
     max_tokens = opts.max_new_tokens or cfg.rollout.max_new_tokens
 
@@ -345,7 +344,6 @@ def train_rm(opts: TrainRMOptions) -> dict[str, Any]:
     group (rlpost/runtime/learner.py) instead.
     """
     import torch
-    from transformers import AutoTokenizer
 
     from rewards.model import RewardModel
 
@@ -431,7 +429,7 @@ def train_rm(opts: TrainRMOptions) -> dict[str, Any]:
         metrics_f.close()
         rm.model.eval()
         rm.model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)  # as the base had it
+        load_tokenizer(base).save_pretrained(tmp)  # as the base had it
         summary = {
             "base": base,
             "pairs": opts.pairs,
