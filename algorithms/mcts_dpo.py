@@ -79,7 +79,7 @@ class MCTSDPOOptions:
 
     @classmethod
     def from_config(cls, algorithm) -> MCTSDPOOptions:
-        """The fields ``cfg.algorithm`` carries; defaults for the rest."""
+        """The fields ``cfg.algorithm`` carries; defaults for any it lacks (an older config)."""
         names = [f.name for f in fields(cls)]
         return cls(**{n: getattr(algorithm, n) for n in names if hasattr(algorithm, n)})
 
