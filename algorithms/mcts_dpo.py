@@ -1,14 +1,17 @@
 """MCTS-DPO (Xie et al. 2024, "Monte Carlo Tree Search Boosts Reasoning via Iterative Preference
-Learning"): per prompt, a tree search over reasoning steps with the current policy; sibling steps
-with the highest vs lowest Q form step-level preference pairs; DPO on them. Each step searches
-with the current weights, so the preference data stays on-policy (iterative rounds).
+Learning"): per prompt, build the response step by step with a tree search from each step (the
+current policy proposes steps and judges them; the verifier scores finished answers); along the
+searched path, the best vs the worst sibling step by Q is a step-level preference pair; DPO on
+them. Each training step searches with the current weights (on-policy, iterative rounds).
 
-The tree machinery (PUCT, backup, pair extraction) is in algorithms/mcts_search.py.
+The tree machinery (PUCT, simulation to a terminal step, backup, pairs) is in
+algorithms/mcts_search.py; knobs are ``MCTSDPOOptions``, read from ``cfg.algorithm``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 
@@ -16,10 +19,12 @@ from algorithms.base import Algorithm, Needs, as_floats, register
 from algorithms.mcts_search import (
     Node,
     Pair,
-    extract_pairs,
+    SearchResult,
     node_value,
+    outcome_value,
     pair_stats,
-    run_search,
+    path_pairs,
+    search,
     tree_stats,
 )
 from algorithms.mcts_search import add_children as grow
@@ -28,20 +33,49 @@ from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError, option
 from rlpost.objective import dpo_loss, sequence_logp
 
+# Self-evaluation: the policy's p(" Yes") / (p(" Yes") + p(" No")) after the response so far and
+# one of these questions (with the data's reference solution when a row has one, as the paper's).
 EVAL_PROMPT = "\nIs this step correct? Answer Yes or No:"
+HINTED_EVAL_PROMPT = (
+    "\nReference solution: {reference}\n"
+    "Compared with the reference, is the solution above heading the right way? Answer Yes or No:"
+)
 ANSWERS = (" Yes", " No")
 
 
 @dataclass
 class MCTSDPOOptions:
-    mcts_simulations: int = option(8, "simulations per prompt")
-    mcts_expand: int = option(3, "candidate steps per expansion")
-    mcts_depth: int = option(4, "max depth in steps")
-    mcts_c_puct: float = option(1.0, "PUCT exploration constant")
-    mcts_alpha: float = option(0.5, "weight of outcome reward vs self-evaluation")
-    mcts_margin: float = option(0.0, "min Q margin for a pair")
+    """MCTS-DPO's knobs (``algorithm.<name>``); the official code's names in parentheses."""
+
+    mcts_simulations_per_step: int = option(
+        5, "simulations from each node of the searched path (n_iters)"
+    )
+    mcts_first_step_factor: int = option(
+        4, "times as many simulations from the prompt itself (official: 4)"
+    )
+    mcts_expand_width: int = option(2, "candidate steps sampled per expansion (n_actions)")
+    mcts_max_depth: int = option(
+        3, "steps per response; the step at this depth finishes the answer (depth_limit)"
+    )
+    mcts_c_puct: float = option(1.0, "PUCT exploration constant (w_exp)")
+    mcts_margin: float = option(0.0, "min Q gap between a pair's chosen and rejected step")
+    mcts_rejected: Literal["worst", "second"] = option(
+        "worst", "rejected step = worst or second-best visited sibling by Q"
+    )
+    mcts_outcome_correct: float = option(1.0, "outcome value O of a correct answer")
+    mcts_outcome_wrong: float = option(-0.5, "outcome value O of a wrong answer")
+    mcts_reference_columns: list[str] = option(
+        ["solution", "answer"],
+        "data columns tried in order for the self-evaluation's reference solution",
+    )
     step_delimiter: str = option("\n", "step delimiter")
     step_max_tokens: int = option(32, "max tokens per step")
+
+    @classmethod
+    def from_config(cls, algorithm) -> MCTSDPOOptions:
+        """The fields ``cfg.algorithm`` carries; defaults for any it lacks (an older config)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: getattr(algorithm, n) for n in names if hasattr(algorithm, n)})
 
 
 @register
@@ -49,83 +83,137 @@ class MCTSDPO(Algorithm):
     name = "mcts_dpo"
     Options = MCTSDPOOptions
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, options: MCTSDPOOptions | None = None) -> None:
         super().__init__(cfg)
-        a = self.a
-        for key in ("mcts_simulations", "mcts_expand", "mcts_depth", "step_max_tokens"):
-            if getattr(a, key) < 1:
-                raise ConfigError(f"algorithm.{key}: must be >= 1, got {getattr(a, key)}")
-        if not 0.0 <= a.mcts_alpha <= 1.0:
-            raise ConfigError(f"algorithm.mcts_alpha: must be in [0, 1], got {a.mcts_alpha}")
-        if not a.step_delimiter:
+        o = self.o = options or MCTSDPOOptions.from_config(cfg.algorithm)
+        for key in (
+            "mcts_simulations_per_step",
+            "mcts_first_step_factor",
+            "mcts_expand_width",
+            "mcts_max_depth",
+            "step_max_tokens",
+        ):
+            if getattr(o, key) < 1:
+                raise ConfigError(f"algorithm.{key}: must be >= 1, got {getattr(o, key)}")
+        if o.mcts_rejected not in ("worst", "second"):
+            raise ConfigError(f"algorithm.mcts_rejected: worst or second, got {o.mcts_rejected!r}")
+        if not o.step_delimiter:
             raise ConfigError("algorithm.step_delimiter: must not be empty")
-        longest = cfg.data.max_prompt_len + a.mcts_depth * a.step_max_tokens + 32
+        longest = cfg.data.max_prompt_len + self.response_budget() + 32
         if longest > cfg.rollout.max_model_len:
             raise ConfigError(
                 f"rollout.max_model_len: {cfg.rollout.max_model_len} < data.max_prompt_len + "
-                f"algorithm.mcts_depth*algorithm.step_max_tokens + 32 = {longest}"
+                f"max(rollout.max_new_tokens, algorithm.mcts_max_depth*algorithm.step_max_tokens)"
+                f" + 32 = {longest}"
             )
-        self.env = StepEnv(delimiter=a.step_delimiter, max_depth=a.mcts_depth)
+        self.env = StepEnv(delimiter=o.step_delimiter, max_depth=o.mcts_max_depth)
         self.pairs_total = 0
         self._stats: dict[str, float] = {}
+
+    def response_budget(self) -> int:
+        """Longest response: max_depth − 1 steps, then the last step's tokens."""
+        return (self.o.mcts_max_depth - 1) * self.o.step_max_tokens + self.last_step_tokens()
+
+    def last_step_tokens(self) -> int:
+        """The step at the depth limit finishes the answer: it may use what max_new_tokens leaves
+        after max_depth − 1 full steps, and never less than one step."""
+        o = self.o
+        left = self.cfg.rollout.max_new_tokens - (o.mcts_max_depth - 1) * o.step_max_tokens
+        return max(o.step_max_tokens, left)
 
     def needs(self) -> Needs:
         return Needs(samples_per_prompt=1, reference=True, row_multiple=2)
 
     # -- driver: search → pairs -----------------------------------------------------------------
     def collect(self, exp, prompts: list[dict]) -> Batch:
-        a = self.a
+        o = self.o
         roots = [Node(ids=list(p["prompt_ids"]), tag=i) for i, p in enumerate(prompts)]
         self._judged: list[float] = []
         self._outcomes: list[float] = []
-        run_search(
+        result = search(
             roots,
-            a.mcts_simulations,
-            a.mcts_c_puct,
+            o.mcts_simulations_per_step,
+            o.mcts_c_puct,
+            o.mcts_max_depth,
             expand=lambda leaves: self.expand(exp, leaves),
             evaluate=lambda nodes: self.evaluate(exp, prompts, nodes),
+            first_factor=o.mcts_first_step_factor,
         )
-        pairs = [p for r in roots for p in extract_pairs(r, a.mcts_margin)]
-        relaxed = not pairs and a.mcts_margin > 0
+        pairs = self.pairs(result, o.mcts_margin)
+        relaxed = not pairs and o.mcts_margin > 0
         if relaxed:  # a weak policy may never clear the margin: any distinct sibling Q will do
-            pairs = [p for r in roots for p in extract_pairs(r, 0.0)]
+            pairs = self.pairs(result, 0.0)
         self.pairs_total += len(pairs)
-        self._stats = self.search_metrics(roots, pairs, relaxed)
+        self._stats = self.search_metrics(roots, result, pairs, relaxed)
         return self.pair_batch(exp, prompts, pairs, roots)
 
+    def pairs(self, result: SearchResult, margin: float) -> list[Pair]:
+        return [p for path in result.paths for p in path_pairs(path, margin, self.o.mcts_rejected)]
+
     def expand(self, exp, leaves: list[Node]) -> list[list[Node]]:
-        """One batched generation for every leaf of every tree; vLLM reuses the shared prefixes."""
-        a = self.a
-        outs = exp.generate_text(
-            [leaf.ids for leaf in leaves],
-            n=a.mcts_expand,
-            max_tokens=a.step_max_tokens,
-            stop=[a.step_delimiter],
-        )
-        return [grow(leaf, samples, self.is_terminal) for leaf, samples in zip(leaves, outs)]
+        """One batched generation per kind of step for every leaf of every tree (vLLM reuses the
+        shared prefixes): a step ends at the delimiter; at the depth limit it finishes the answer."""
+        o = self.o
+        last = [leaf.depth + 1 >= o.mcts_max_depth for leaf in leaves]
+        kids: dict[int, list[Node]] = {}
+        for final in (False, True):
+            group = [leaf for leaf, f in zip(leaves, last) if f == final]
+            if not group:
+                continue
+            outs = exp.generate_text(
+                [leaf.ids for leaf in group],
+                n=o.mcts_expand_width,
+                max_tokens=self.last_step_tokens() if final else o.step_max_tokens,
+                stop=None if final else [o.step_delimiter],
+            )
+            for leaf, samples in zip(group, outs):
+                kids[id(leaf)] = grow(leaf, samples, self.is_terminal)
+        return [kids[id(leaf)] for leaf in leaves]
 
     def is_terminal(self, sample: dict, depth: int) -> bool:
         """Ended by eos (stopped without the delimiter), a final answer, emptiness or depth."""
         text = sample["text"]
-        eos = sample.get("finish_reason") == "stop" and not text.endswith(self.a.step_delimiter)
+        eos = sample.get("finish_reason") == "stop" and not text.endswith(self.o.step_delimiter)
         return self.env.is_terminal(text, depth, eos)
 
     def evaluate(self, exp, prompts: list[dict], nodes: list[Node]) -> None:
-        alpha = self.a.mcts_alpha
-        judged = self.self_eval(exp, nodes) if alpha < 1 else [0.0] * len(nodes)
+        """v = C for every node, + O for the terminal ones (the verifier's score of the answer)."""
+        judged = self.self_eval(exp, prompts, nodes)
         ends = [n for n in nodes if n.terminal]
-        outcome = self.outcome(exp, prompts, ends) if alpha > 0 and ends else {}
-        for n, e in zip(nodes, judged):
-            n.value = node_value(e, outcome.get(id(n)), n.terminal, alpha)
+        scores = self.outcome(exp, prompts, ends) if ends else {}
+        o = self.o
+        for n, c in zip(nodes, judged):
+            s = scores.get(id(n))
+            n.outcome = (
+                None
+                if s is None
+                else outcome_value(s, o.mcts_outcome_correct, o.mcts_outcome_wrong)
+            )
+            n.value = node_value(c, n.outcome, n.terminal)
         self._judged += judged
-        self._outcomes += list(outcome.values())
+        self._outcomes += list(scores.values())
 
-    def self_eval(self, exp, nodes: list[Node]) -> list[float]:
-        """p(Yes) / (p(Yes) + p(No)) after the evaluation prompt, from the learner policy."""
+    def reference(self, row: dict) -> str:
+        """The row's reference solution: the first of ``mcts_reference_columns`` it has."""
+        for col in self.o.mcts_reference_columns:
+            ref = row.get(col)
+            if isinstance(ref, (list, tuple)):
+                ref = self.o.step_delimiter.join(str(x) for x in ref)
+            if ref is not None and str(ref).strip():
+                return str(ref).strip()
+        return ""
+
+    def self_eval(self, exp, prompts: list[dict], nodes: list[Node]) -> list[float]:
+        """p(Yes) / (p(Yes) + p(No)) after the evaluation question, from the learner policy."""
         tok = exp.tokenizer
-        ask = tok.encode(EVAL_PROMPT, add_special_tokens=False)
+        asks: dict[int, list[int]] = {}
+        for n in nodes:
+            if n.tag not in asks:
+                ref = self.reference(prompts[n.tag])
+                text = HINTED_EVAL_PROMPT.format(reference=ref) if ref else EVAL_PROMPT
+                asks[n.tag] = tok.encode(text, add_special_tokens=False)
         yes, no = (tok.encode(t, add_special_tokens=False) for t in ANSWERS)
-        heads = [n.ids + ask for n in nodes for _ in (0, 1)]
+        heads = [n.ids + asks[n.tag] for n in nodes for _ in (0, 1)]
         tails = [yes, no] * len(nodes)
         extra = (-len(heads)) % self.cfg.learner.ranks  # ZeRO-3 ranks must all run forwards
         heads, tails = heads + heads[:1] * extra, tails + tails[:1] * extra
@@ -169,9 +257,9 @@ class MCTSDPO(Algorithm):
         self._stats["mcts/skipped_update"] = float(skipped)
         return batch
 
-    def search_metrics(self, roots: list[Node], pairs: list[Pair], relaxed: bool) -> dict:
+    def search_metrics(self, roots, result: SearchResult, pairs: list[Pair], relaxed: bool) -> dict:
         judged, outs = self._judged, self._outcomes
-        stats = {**tree_stats(roots), **pair_stats(pairs, len(roots))}
+        stats = {**tree_stats(roots, result), **pair_stats(pairs, len(roots))}
         return {
             **{f"mcts/{k}": v for k, v in stats.items()},
             "mcts/relaxed_margin": float(relaxed),

@@ -1,20 +1,33 @@
 """Monte Carlo tree search over reasoning steps (MCTS-DPO, Xie et al. 2024), in pure Python.
 
-A node is a state: the prompt plus the steps taken so far, as token ids. The search is AlphaZero's
-loop with the language model as both the policy prior and (part of) the evaluator:
+A node is a state: the prompt plus the steps taken so far, as token ids. The search is the
+paper's, with the details its official code settles:
 
-  select   descend by PUCT  Q + c_puct·P·√N_parent / (1 + N)  to a node without children;
-  expand   sample k candidate next steps from the policy (P = softmax of their length-normalised
-           log-probs), evaluate each new child;
-  backup   add a value to N and W = ΣV of every node on the path.
+  per step  the response is built one step at a time; from the current node, run
+            ``simulations`` simulations (``first_factor`` times as many from the prompt itself),
+            then move to the most visited child and search again from there: the searched path.
+  simulate  select   descend by PUCT  Q + c_puct·P·√N_parent / (1 + N)  to a node without
+                     children;
+            expand   sample k candidate next steps (P = softmax of their length-normalised
+                     log-probs) and evaluate every one;
+            continue pick the best new child by PUCT and expand it in turn, until a terminal
+                     step: eos, a final answer, or the depth limit (whose step is generated to the
+                     end of the answer), so the verifier's outcome reaches Q on every simulation
+                     that ends there;
+            backup   N += 1 on every node of the simulated path.
 
-Value of a new child: α·outcome + (1−α)·self-evaluation at a terminal step, the self-evaluation
-alone elsewhere (no outcome exists yet). The value backed up after an expansion is the mean of
-the new children's values: a one-step look-ahead that carries outcome rewards up at once; a
-terminal leaf backs up its own value. Q = W/N, or the node's own value while N = 0.
+Values. A node's own value v is the self-evaluation C (the policy's confidence in the step); at a
+terminal node v = O + C, O the outcome (+1 correct, −0.5 wrong by default). Q of a node without
+children is v; Q of an expanded node is the mean of its children's Q weighted by max(1, N): an
+unvisited child counts once, at its own value. The official code keeps Q relative to the parent
+(reward = v(child) − v(parent)); that differs from this Q by a constant shared by siblings, so
+PUCT choices, pairs and their margins are the same.
 
-Model calls are injected (``run_search``'s ``expand`` / ``evaluate``), so everything here is
-testable on hand-built trees; algorithms/mcts_dpo.py wires them to the rollout engines.
+Pairs come along the searched path: at each of its nodes, the highest-Q visited child vs the
+worst (or second-best) visited child, when their Q differ by more than a margin.
+
+Model calls are injected (``search``'s ``expand`` / ``evaluate``), so everything here is testable
+on hand-built trees; algorithms/mcts_dpo.py wires them to the rollout engines and the learner.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(eq=False)
@@ -38,15 +51,17 @@ class Node:
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
     visits: int = 0
-    value_sum: float = 0.0
-    value: float | None = None  # this node's own evaluation
+    value: float | None = None  # this node's own evaluation v
+    outcome: float | None = None  # O, once a verifier scored this node's full response
     tag: Any = None  # set on a root (e.g. the prompt's index); children inherit it
 
     @property
     def q(self) -> float:
-        if self.visits:
-            return self.value_sum / self.visits
-        return 0.0 if self.value is None else self.value
+        """v without children; else the children's Q, mean weighted by max(1, N)."""
+        if not self.children:
+            return 0.0 if self.value is None else self.value
+        weights = [max(1, c.visits) for c in self.children]
+        return sum(w * c.q for w, c in zip(weights, self.children)) / sum(weights)
 
     def path(self) -> list[Node]:
         """Root … self."""
@@ -73,12 +88,17 @@ def puct(child: Node, parent_visits: int, c_puct: float) -> float:
     return child.q + c_puct * child.prior * math.sqrt(parent_visits) / (1 + child.visits)
 
 
-def select_leaf(root: Node, c_puct: float) -> Node:
-    """Follow the highest PUCT score (first child on ties) down to a node without children."""
-    node = root
-    while node.children:
-        node = max(node.children, key=lambda c: puct(c, node.visits, c_puct))
-    return node
+def select_child(node: Node, c_puct: float) -> Node:
+    """The child with the highest PUCT score (the first one on ties)."""
+    return max(node.children, key=lambda c: puct(c, node.visits, c_puct))
+
+
+def select_path(start: Node, c_puct: float) -> list[Node]:
+    """start … the node without children (or terminal) that PUCT descends to."""
+    path = [start]
+    while path[-1].children and not path[-1].terminal:
+        path.append(select_child(path[-1], c_puct))
+    return path
 
 
 def priors(cumulative_logps: Sequence[float], lengths: Sequence[int]) -> list[float]:
@@ -128,45 +148,95 @@ def add_children(
     return node.children
 
 
-def node_value(self_eval: float, outcome: float | None, terminal: bool, alpha: float) -> float:
-    """α·outcome + (1−α)·self-evaluation at a terminal step; the self-evaluation elsewhere."""
+def outcome_value(score: float, correct: float = 1.0, wrong: float = -0.5) -> float:
+    """O from a verifier score in [0, 1]: 1 → ``correct``, 0 → ``wrong``, linear in between."""
+    return wrong + score * (correct - wrong)
+
+
+def node_value(self_eval: float, outcome: float | None, terminal: bool) -> float:
+    """v = O + C at a terminal step (O = 0 when nothing scored it); C elsewhere."""
     if terminal:
-        return alpha * (outcome or 0.0) + (1.0 - alpha) * self_eval
+        return (outcome or 0.0) + self_eval
     return self_eval
 
 
-def backup(node: Node, value: float) -> None:
-    for n in node.path():
+def backup(path: Sequence[Node]) -> None:
+    """One more visit on every node of a simulated path; Q follows from the tree (``Node.q``)."""
+    for n in path:
         n.visits += 1
-        n.value_sum += value
 
 
-def run_search(
+def simulate(
+    starts: Sequence[Node],
+    c_puct: float,
+    max_depth: int,
+    expand: Callable[[list[Node]], list[list[Node]]],
+    evaluate: Callable[[list[Node]], None],
+) -> list[Node]:
+    """One simulation from each start node, in lockstep: every level is one ``expand`` call for
+    all trees (the engines batch them) and one ``evaluate`` call for the new nodes. A leaf whose
+    expansion yields nothing new ends the response there: it turns terminal and is evaluated as
+    such. Returns the node each simulation ended at."""
+    paths = [select_path(s, c_puct) for s in starts]
+    while True:
+        open_ = [p for p in paths if not p[-1].terminal and not p[-1].children]
+        for p in open_:
+            if p[-1].depth >= max_depth:  # only a broken terminal test gets here
+                p[-1].terminal = True
+        open_ = [p for p in open_ if not p[-1].terminal]
+        if not open_:
+            break
+        born = expand([p[-1] for p in open_])
+        dead = [p[-1] for p, kids in zip(open_, born) if not kids]
+        for leaf in dead:
+            leaf.terminal = True
+        evaluate([c for kids in born for c in kids] + dead)
+        for p, kids in zip(open_, born):
+            if kids:
+                p.append(select_child(p[-1], c_puct))
+    for p in paths:
+        backup(p)
+    return [p[-1] for p in paths]
+
+
+def best_child(node: Node) -> Node | None:
+    """Where the searched path goes next: the most visited child, higher Q on ties."""
+    if not node.children:
+        return None
+    return max(node.children, key=lambda c: (c.visits, c.q))
+
+
+@dataclass
+class SearchResult:
+    paths: list[list[Node]]  # per tree: root … the node the path ended at
+    ends: list[Node]  # the node every simulation ended at (all trees)
+
+
+def search(
     roots: Sequence[Node],
     simulations: int,
     c_puct: float,
+    max_depth: int,
     expand: Callable[[list[Node]], list[list[Node]]],
     evaluate: Callable[[list[Node]], None],
-) -> None:
-    """``simulations`` rounds; each round selects one leaf per tree, expands all of them with one
-    ``expand`` call (the engines batch across trees), sets every new child's ``value`` with one
-    ``evaluate`` call, then backs up."""
-    for _ in range(simulations):
-        leaves = [select_leaf(r, c_puct) for r in roots]
-        open_ = [leaf for leaf in leaves if not leaf.terminal]
-        born = expand(open_) if open_ else []
-        fresh = [c for kids in born for c in kids]
-        if fresh:
-            evaluate(fresh)
-        grown = {id(leaf): kids for leaf, kids in zip(open_, born)}
-        for leaf in leaves:
-            kids = grown.get(id(leaf))
-            if kids:
-                backup(leaf, sum(c.value or 0.0 for c in kids) / len(kids))
-            else:  # terminal, or nothing new could be sampled: re-use what is known
-                if not leaf.terminal and not leaf.children:
-                    leaf.terminal = True  # a dead end: never select it for expansion again
-                backup(leaf, leaf.q)
+    first_factor: int = 1,
+) -> SearchResult:
+    """Build each tree's response step by step: ``simulations`` simulations from the current node
+    (``first_factor``·simulations from the root), then move to its most visited child; stop at a
+    terminal node. All trees advance together, so every model call is batched across them."""
+    paths = [[r] for r in roots]
+    ends: list[Node] = []
+    first = True
+    while live := [p for p in paths if not p[-1].terminal and p[-1].depth < max_depth]:
+        for _ in range(simulations * (first_factor if first else 1)):
+            ends += simulate([p[-1] for p in live], c_puct, max_depth, expand, evaluate)
+        first = False
+        for p in live:
+            nxt = best_child(p[-1])
+            if nxt is None:  # a dead end: simulate made it terminal
+                continue
+            p.append(nxt)
+    return SearchResult(paths, ends)
 
 
 TIE = 1e-6
@@ -183,29 +253,38 @@ class Pair:
         return self.chosen.q - self.rejected.q
 
 
-def extract_pairs(root: Node, margin: float = 0.0) -> list[Pair]:
-    """Per expanded node (breadth first): its highest-Q child vs its lowest-Q child, when their Q
-    differ by more than ``margin`` (and by more than TIE, float noise of equal values). Both share
-    the parent's prefix: a step-level preference."""
+def path_pairs(
+    path: Sequence[Node], margin: float = 0.0, rejected: Literal["worst", "second"] = "worst"
+) -> list[Pair]:
+    """At each node of a searched path: its highest-Q visited child vs its lowest-Q (``worst``) or
+    second-highest-Q (``second``) visited child, when their Q differ by more than ``margin`` (and
+    by more than TIE, float noise of equal values). Both share the node's prefix: a step-level
+    preference. Never-visited children hold no simulated outcome and are left out."""
     pairs = []
-    for node in root.nodes():
-        if len(node.children) < 2:
+    for node in path:
+        ranked = sorted((c for c in node.children if c.visits), key=lambda c: -c.q)
+        if len(ranked) < 2:
             continue
-        best = max(node.children, key=lambda c: c.q)
-        worst = min(node.children, key=lambda c: c.q)
-        if best is not worst and best.q - worst.q > max(margin, TIE):
-            pairs.append(Pair(node, best, worst))
+        best, other = ranked[0], ranked[-1] if rejected == "worst" else ranked[1]
+        if best.q - other.q > max(margin, TIE):
+            pairs.append(Pair(node, best, other))
     return pairs
 
 
-def tree_stats(roots: Sequence[Node]) -> dict[str, float]:
-    """Size and shape of a forest (means per tree), for logging."""
+def tree_stats(roots: Sequence[Node], result: SearchResult) -> dict[str, float]:
+    """Size and shape of a forest and how its simulations ended (means per tree), for logging."""
     nodes = [n for r in roots for n in r.nodes()]
     trees = max(len(roots), 1)
+    sims = max(len(result.ends), 1)
+    generated = max(len(nodes) - len(roots), 1)
     return {
         "tree_size": (len(nodes) - len(roots)) / trees,  # steps generated per prompt
         "max_depth": float(max((n.depth for n in nodes), default=0)),
-        "terminal_frac": sum(n.terminal for n in nodes) / max(len(nodes) - len(roots), 1),
+        "terminal_frac": sum(n.terminal for n in nodes) / generated,
+        "verified_frac": sum(n.outcome is not None for n in nodes) / generated,
+        "simulations": len(result.ends) / trees,
+        "sim_verified_frac": sum(n.outcome is not None for n in result.ends) / sims,
+        "path_len": sum(len(p) - 1 for p in result.paths) / trees,  # steps on the searched path
         "root_visits": sum(r.visits for r in roots) / trees,
     }
 

@@ -83,6 +83,10 @@ def test_mcts_dpo_tiny(run_cli, tmp_path):
     for r in rows:
         assert r["mcts/tree_size"] >= 2  # the root is expanded into >= 2 distinct steps or more
         assert r["mcts/max_depth"] <= 2.0
+        # the step at the depth limit finishes the answer: simulations end where the verifier
+        # scores (all of them here, as the arithmetic verifier scores every answer)
+        assert r["mcts/sim_verified_frac"] > 0.5 and r["mcts/simulations"] >= 4
+        assert r["mcts/pairs_per_prompt"] <= r["mcts/path_len"] <= 2.0  # pairs only on the path
         assert r["batch/rows"] == 2 * max(r["dpo/pairs"], 1.0)
         assert r["mcts/q_margin_max"] >= r["mcts/q_margin_min"] >= 0.0
         assert 0.0 < r["mcts/self_eval_mean"] < 1.0

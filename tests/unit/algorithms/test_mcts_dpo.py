@@ -1,6 +1,7 @@
-"""MCTS-DPO: PUCT selection, backup and pair extraction on hand-built trees with fixed numbers;
-the search loop and the algorithm's collect on a fake experience; DPO assembly on hand-made
-pairs; padded pairs; state round trip."""
+"""MCTS-DPO: the search on a deterministic toy step environment against a trace worked by hand
+(tree, visits, Q, searched path, pairs); PUCT, Q and pair rules on hand-built trees; the
+algorithm's collect on a fake experience (final-step generation, outcome values, reference in the
+self-evaluation prompt, pair rows); DPO on hand-made pairs; padded pairs; state round trip."""
 
 from __future__ import annotations
 
@@ -9,75 +10,190 @@ import math
 import pytest
 import torch
 
-from algorithms.mcts_dpo import MCTSDPO
+from algorithms.mcts_dpo import HINTED_EVAL_PROMPT, MCTSDPO, MCTSDPOOptions
 from algorithms.mcts_search import (
     Node,
     add_children,
-    backup,
-    extract_pairs,
     node_value,
+    outcome_value,
+    path_pairs,
     priors,
     puct,
-    run_search,
-    select_leaf,
-    tree_stats,
+    search,
+    select_path,
 )
 from rlpost.batch import Batch
 from rlpost.config import ConfigError
 
+# -- the toy step environment -------------------------------------------------------------------
+# Prompt [0]. Step 1 is token 1 ("A") or 2 ("B"); step 2 (the depth limit, so terminal) is token 3
+# or 4. Log-probs: 1 → −0.5, 2 → −1.0, 3 → −1.0, 4 → −0.5, so the priors are σ(±0.5):
+P_HI, P_LO = 1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(0.5))  # 0.622459, 0.377541
+LOGP = {1: -0.5, 2: -1.0, 3: -1.0, 4: -0.5}
+SELF_EVAL = {
+    (0, 1): 0.6,
+    (0, 2): 0.4,
+    (0, 1, 3): 0.7,
+    (0, 1, 4): 0.2,
+    (0, 2, 3): 0.5,
+    (0, 2, 4): 0.9,
+}
+CORRECT = {(0, 1, 4), (0, 2, 3)}  # the verifier accepts these two answers
+# Terminal values v = O + C:  A3 = −0.5 + 0.7 = 0.2,  A4 = 1 + 0.2 = 1.2,  B3 = 1 + 0.5 = 1.5,
+# B4 = −0.5 + 0.9 = 0.4.
 
-def child(parent: Node, q: float, visits: int = 1, prior: float = 0.5, tok: int = 1) -> Node:
+
+def toy_samples(depth: int) -> list[dict]:
+    toks = (1, 2) if depth == 0 else (3, 4)
+    return [
+        {"token_ids": [t], "text": f"s{t}", "logprobs": [LOGP[t]], "finish_reason": "stop"}
+        for t in toks
+    ]
+
+
+class Toy:
+    def __init__(self):
+        self.expanded: list[list[tuple]] = []
+
+    def expand(self, leaves):
+        self.expanded.append([tuple(leaf.ids) for leaf in leaves])
+        return [add_children(x, toy_samples(x.depth), lambda s, d: d >= 2) for x in leaves]
+
+    def evaluate(self, nodes):
+        for n in nodes:
+            key = tuple(n.ids)
+            n.outcome = (1.0 if key in CORRECT else -0.5) if n.terminal else None
+            n.value = node_value(SELF_EVAL[key], n.outcome, n.terminal)
+
+
+def by_ids(root: Node) -> dict[tuple, Node]:
+    return {tuple(n.ids): n for n in root.nodes()}
+
+
+def test_search_on_the_toy_matches_the_hand_trace():
+    """c_puct = 2, 2 simulations per step, 2× from the prompt (4 there). PUCT = Q + 2·P·√N/(1+N).
+
+    sim 1  root has no children: expand it (A v .6, B v .4); N_root = 0, so PUCT = Q: A. Expand A
+           (A3 v .2, A4 v 1.2); N_A = 0: A4, terminal. Q_A = (.2 + 1.2)/2 = .7.
+    sim 2  root N 1: A .7 + 2·.622459/2 = 1.322459 > B .4 + 2·.377541 = 1.155082 → A;
+           at A, N 1: A3 .2 + 2·.377541 = .955082 < A4 1.2 + 2·.622459/2 = 1.822459 → A4.
+           Q_A = (1·.2 + 2·1.2)/3 = .866667.
+    sim 3  root N 2: A .866667 + 2·.622459·√2/3 = 1.453536 < B .4 + 2·.377541·√2 = 1.467850 → B.
+           Expand B (B3 v 1.5, B4 v .4); N_B = 0: B3. Q_B = (1.5 + .4)/2 = .95.
+    sim 4  root N 3: A .866667 + 2·.622459·√3/3 = 1.585430 < B .95 + 2·.377541·√3/2 = 1.603921
+           → B; at B, N 1: B3 1.5 + 2·.377541/2 = 1.877541 > B4 .4 + 2·.622459 = 1.644918 → B3.
+           Q_B = (2·1.5 + .4)/3 = 1.133333.
+    step   A and B have 2 visits each; B has the higher Q: the path goes to B.
+    sim 5  from B, N 2: B3 1.5 + 2·.377541·√2/3 = 1.855950 < B4 .4 + 2·.622459·√2 = 2.160595 → B4.
+    sim 6  from B, N 3: B3 1.5 + 2·.377541·√3/3 = 1.935949 > B4 .4 + 2·.622459·√3/2 = 1.478130
+           → B3. Q_B = (3·1.5 + 1·.4)/4 = 1.225.
+    step   B3 (3 visits) is terminal: the path ends.
+    pairs  at the root B (1.225) vs A (.866667); at B, B3 (1.5) vs B4 (.4). A3 was never visited.
+    """
+    toy = Toy()
+    root = Node([0])
+    result = search([root], 2, 2.0, 2, toy.expand, toy.evaluate, first_factor=2)
+    n = by_ids(root)
+    assert toy.expanded == [[(0,)], [(0, 1)], [(0, 2)]]  # one model call per new level
+    assert n[(0, 1)].prior == pytest.approx(P_HI) and n[(0, 2, 4)].prior == pytest.approx(P_HI)
+    visits = {k: v.visits for k, v in n.items()}
+    assert visits == {
+        (0,): 4,  # the two simulations from B start at B
+        (0, 1): 2,
+        (0, 2): 4,
+        (0, 1, 3): 0,
+        (0, 1, 4): 2,
+        (0, 2, 3): 3,
+        (0, 2, 4): 1,
+    }
+    q = {k: v.q for k, v in n.items()}
+    assert q == pytest.approx(
+        {
+            (0,): (2 * 2.6 / 3 + 4 * 1.225) / 6,  # 1.105556
+            (0, 1): 2.6 / 3,
+            (0, 2): 1.225,
+            (0, 1, 3): 0.2,
+            (0, 1, 4): 1.2,
+            (0, 2, 3): 1.5,
+            (0, 2, 4): 0.4,
+        }
+    )
+    assert [[tuple(x.ids) for x in p] for p in result.paths] == [[(0,), (0, 2), (0, 2, 3)]]
+    ends = [tuple(e.ids) for e in result.ends]
+    assert ends == [(0, 1, 4), (0, 1, 4), (0, 2, 3), (0, 2, 3), (0, 2, 4), (0, 2, 3)]
+    assert all(e.outcome is not None for e in result.ends)  # every simulation reached a verdict
+    pairs = path_pairs(result.paths[0])
+    got = [(tuple(p.parent.ids), tuple(p.chosen.ids), tuple(p.rejected.ids)) for p in pairs]
+    assert got == [((0,), (0, 2), (0, 1)), ((0, 2), (0, 2, 3), (0, 2, 4))]
+    assert [p.margin for p in pairs] == pytest.approx([1.225 - 2.6 / 3, 1.1])
+    assert len(path_pairs(result.paths[0], margin=0.5)) == 1  # only B3 vs B4 clears 0.5
+
+
+def test_search_stops_at_a_dead_end():
+    """A leaf whose expansion yields nothing ends the response there and is evaluated as final."""
+    evaluated = []
+
+    def expand(leaves):
+        return [[] for _ in leaves]
+
+    def evaluate(nodes):
+        evaluated.extend(nodes)
+        for n in nodes:
+            n.value, n.outcome = 0.3, -0.5
+
+    root = Node([5])
+    result = search([root], 3, 1.0, 4, expand, evaluate)
+    assert root.terminal and evaluated == [root] and root.visits == 3
+    assert [len(p) for p in result.paths] == [1] and len(result.ends) == 3
+
+
+# -- search machinery on hand-built trees -------------------------------------------------------
+def child(parent: Node, value: float, visits: int = 1, prior: float = 0.5, tok: int = 1) -> Node:
     n = Node(parent.ids + [tok], [tok], prior=prior, depth=parent.depth + 1, parent=parent)
-    n.visits, n.value_sum = visits, q * visits
+    n.visits, n.value = visits, value
     parent.children.append(n)
     return n
 
 
-# -- search machinery -------------------------------------------------------------------------
 def test_puct_value():
     root = Node([0], visits=4)
-    c = child(root, q=0.5, visits=1, prior=0.4)
+    c = child(root, 0.5, visits=1, prior=0.4)
     assert puct(c, 4, 1.0) == pytest.approx(0.5 + 0.4 * 2 / 2)
     assert puct(c, 4, 0.0) == pytest.approx(0.5)
 
 
-def test_select_trades_q_against_exploration():
+def test_select_path_trades_q_against_exploration():
     root = Node([0], visits=4)
-    a = child(root, q=0.6, visits=3, prior=0.2, tok=1)  # 0.6 + 0.2·2/4 = 0.7
-    b = child(root, q=0.5, visits=1, prior=0.8, tok=2)  # 0.5 + 0.8·2/2 = 1.3
-    assert select_leaf(root, 1.0) is b
-    assert select_leaf(root, 0.0) is a
-    deep = child(a, q=0.1, tok=3)
-    assert select_leaf(root, 0.0) is deep  # descends to a node without children
+    a = child(root, 0.6, visits=3, prior=0.2, tok=1)  # 0.6 + 0.2·2/4 = 0.7
+    b = child(root, 0.5, visits=1, prior=0.8, tok=2)  # 0.5 + 0.8·2/2 = 1.3
+    assert select_path(root, 1.0) == [root, b]
+    assert select_path(root, 0.0) == [root, a]
+    deep = child(a, 0.6, tok=3)
+    assert select_path(root, 0.0) == [root, a, deep]  # descends to a node without children
+    a.terminal = True
+    assert select_path(root, 0.0) == [root, a]  # never below a terminal node
 
 
-def test_unvisited_q_is_own_value():
-    n = Node([0], value=0.7)
-    assert n.q == 0.7
-    assert Node([0]).q == 0.0
+def test_q_is_the_visit_weighted_mean_of_the_children():
+    root = Node([0], value=0.9)
+    assert root.q == 0.9 and Node([0]).q == 0.0  # own value without children
+    child(root, 1.0, visits=3)
+    child(root, 0.2, visits=0)  # unvisited: counts once, at its own value
+    assert root.q == pytest.approx((3 * 1.0 + 0.2) / 4)
 
 
-def test_backup_updates_the_whole_path():
-    root = Node([0])
-    a = child(root, q=0.0, visits=0)
-    leaf = child(a, q=0.0, visits=0)
-    backup(leaf, 0.8)
-    backup(a, 0.2)
-    assert (root.visits, root.value_sum) == (2, pytest.approx(1.0))
-    assert (a.visits, a.q) == (2, pytest.approx(0.5))
-    assert (leaf.visits, leaf.q) == (1, pytest.approx(0.8))
+def test_values_and_outcomes():
+    assert outcome_value(1.0) == 1.0 and outcome_value(0.0) == -0.5
+    assert outcome_value(0.5, correct=1.0, wrong=-1.0) == 0.0
+    assert node_value(0.6, 1.0, True) == pytest.approx(1.6)
+    assert node_value(0.6, None, True) == pytest.approx(0.6)
+    assert node_value(0.6, 1.0, False) == pytest.approx(0.6)
 
 
 def test_priors_are_softmax_of_length_normalised_logps():
     p = priors([-2.0, -3.0], [2, 1])  # z = −1, −3
     assert p[0] == pytest.approx(1 / (1 + math.exp(-2)))
     assert sum(p) == pytest.approx(1.0)
-
-
-def test_node_value():
-    assert node_value(0.6, 1.0, True, 0.5) == pytest.approx(0.8)
-    assert node_value(0.6, None, True, 0.5) == pytest.approx(0.3)
-    assert node_value(0.6, 1.0, False, 0.5) == pytest.approx(0.6)
 
 
 def sample(toks, text, lp=-1.0, reason="stop"):
@@ -98,71 +214,30 @@ def test_add_children_dedupes_and_marks_terminals():
     assert sum(k.prior for k in kids) == pytest.approx(1.0)
 
 
-def hand_tree() -> Node:
-    root = Node([0], visits=6)
-    a = child(root, q=0.9, tok=1)
-    child(root, q=0.2, tok=2)
-    child(root, q=0.5, tok=3)
-    child(a, q=0.7, tok=4)
-    child(a, q=0.65, tok=5)
-    return root
-
-
-def test_extract_pairs_best_vs_worst_sibling_above_margin():
-    root = hand_tree()
-    pairs = extract_pairs(root, margin=0.1)
-    assert len(pairs) == 1
-    p = pairs[0]
-    assert p.parent is root and p.chosen.step_ids == [1] and p.rejected.step_ids == [2]
-    assert p.margin == pytest.approx(0.7)
-    both = extract_pairs(root, margin=0.0)
-    assert [x.margin for x in both] == pytest.approx([0.7, 0.05])
-    assert both[1].chosen.step_ids == [4] and both[1].parent.ids == [0, 1]
-
-
-def test_run_search_hand_trace():
-    """Priors: z = (−1/2, −2/2) → p = (0.6225, 0.3775). Values: step token 1 → 1, token 2 → 0.
-    Round 1 expands each root (backup 0.5). Round 2 picks c0 (1 + 0.6225 > 0 + 0.3775) and expands
-    it into two terminals (backup 0.5). Round 3 picks c0 (0.5 + 0.6225·√2/2 > 0.3775·√2) then its
-    terminal child c0a (1 + …): nothing to expand, so one expand call fewer; c0a backs up 1."""
-    calls = []
-
-    def expand(leaves):
-        calls.append(len(leaves))
-        out = []
-        for leaf in leaves:
-            t = len(leaf.ids)
-            samples = [sample([t, 1], "a\n", -0.5), sample([t, 2], "b\n", -1.0)]
-            out.append(add_children(leaf, samples, lambda s, d: d >= 2))
-        return out
-
-    def evaluate(nodes):
-        for n in nodes:
-            n.value = 1.0 if n.step_ids[-1] == 1 else 0.0
-
-    roots = [Node([7], tag=0), Node([8, 8], tag=1)]
-    run_search(roots, 3, 1.0, expand, evaluate)
-    assert calls == [2, 2]  # one batched expand per round that has open leaves
-    for r in roots:
-        c0, c1 = r.children
-        assert c0.prior == pytest.approx(1 / (1 + math.exp(-0.5)))
-        assert (r.visits, r.value_sum) == (3, pytest.approx(2.0))
-        assert (c0.visits, c0.q) == (2, pytest.approx(0.75))
-        assert (c1.visits, c1.q) == (0, 0.0)
-        c0a, c0b = c0.children
-        assert c0a.terminal and (c0a.visits, c0a.q) == (1, 1.0) and c0b.visits == 0
-        pairs = extract_pairs(r)
-        assert [(p.chosen, p.rejected) for p in pairs] == [(c0, c1), (c0a, c0b)]
-        assert [p.margin for p in pairs] == pytest.approx([0.75, 1.0])
-    stats = tree_stats(roots)
-    assert stats == {"tree_size": 4.0, "max_depth": 2.0, "terminal_frac": 0.5, "root_visits": 3.0}
+def test_path_pairs_best_vs_worst_or_second_among_visited_siblings():
+    root = Node([0])
+    a = child(root, 0.9, tok=1)
+    child(root, 0.2, tok=2)
+    child(root, 0.5, tok=3)
+    child(root, -1.0, visits=0, tok=4)  # never visited: never a pair member
+    a4 = child(a, 0.7, tok=5)
+    a5 = child(a, 0.65, tok=6)
+    path = [root, a, a4]
+    worst = path_pairs(path)
+    assert [(p.chosen.step_ids, p.rejected.step_ids) for p in worst] == [([1], [2]), ([5], [6])]
+    assert [p.margin for p in worst] == pytest.approx([0.675 - 0.2, 0.05])  # Q_a = (.7 + .65)/2
+    second = path_pairs(path, rejected="second")
+    assert [(p.chosen.step_ids, p.rejected.step_ids) for p in second] == [([1], [3]), ([5], [6])]
+    assert [p.parent for p in second] == [root, a] and second[1].rejected is a5
+    assert len(path_pairs(path, margin=0.1)) == 1
+    assert path_pairs([root]) == worst[:1]  # only nodes on the path give pairs
 
 
 def test_equal_q_is_not_a_preference():
     root = Node([0])
-    child(root, q=0.3, tok=1)
-    child(root, q=0.3 + 1e-9, tok=2)
-    assert extract_pairs(root) == []
+    child(root, 0.3, tok=1)
+    child(root, 0.3 + 1e-9, tok=2)
+    assert path_pairs([root]) == []
 
 
 # -- the algorithm on a fake experience ---------------------------------------------------------
@@ -182,74 +257,95 @@ class Tok:
         return [3 + (ord(c) % 20) for c in text]
 
 
-class FakeExp:
-    """Deterministic steps; self-evaluation favours prefixes with an even sum of token ids."""
+class ToyExp:
+    """The toy environment behind the experience API: steps from ``toy_samples``, the verifier
+    accepts CORRECT (by completion text), log-probs from ``fake_lp``."""
 
     tokenizer = Tok()
-    step, policy_version = 0, 5
+    policy_version = 5
 
-    def __init__(self, same: bool = False):
-        self.same = same
-        self.calls = {"generate_text": 0, "policy_logp": [], "score": 0}
+    def __init__(self):
+        self.gen_calls: list[tuple] = []
+        self.logp_rows: list[int] = []
 
     def generate_text(self, prompt_ids, n, max_tokens, stop=None):
-        self.calls["generate_text"] += 1
-        assert stop == ["\n"]
-        out = []
-        for ids in prompt_ids:
-            rows = []
-            for j in range(n):
-                tok = 30 if self.same else 30 + j + len(ids) % 3
-                rows.append(sample([tok, 31], f"s{tok}\n" if len(ids) < 8 else "done", -0.3))
-            out.append(rows)
+        self.gen_calls.append((len(prompt_ids), n, max_tokens, stop))
+        out = [toy_samples(len(ids) - 1)[:n] for ids in prompt_ids]
+        for s in (s for row in out for s in row):
+            s["text"] += stop[0] if stop else ""  # a step stopped at the delimiter keeps it
         return out
 
     def policy_logp(self, batch):
-        self.calls["policy_logp"].append(len(batch))
+        self.logp_rows.append(len(batch))
         return torch.tensor([fake_lp(row) for row in batch["input_ids"].tolist()])
 
     def score(self, batch):
-        self.calls["score"] += 1
-        batch["scores"] = torch.ones(len(batch))
+        right = {"s1\ns4", "s2\ns3"}
+        batch["scores"] = torch.tensor([float(c in right) for c in batch["completion"]])
         return {}
 
 
-def mcts(make_cfg, *over):
-    return MCTSDPO(
-        make_cfg(
-            "algorithm.name=mcts_dpo",
-            "algorithm.mcts_simulations=3",
-            "algorithm.mcts_expand=3",
-            "algorithm.mcts_depth=3",
-            "learner.ranks=2",
-            *over,
-        )
+def options(**over) -> MCTSDPOOptions:
+    base = dict(
+        mcts_simulations_per_step=2,
+        mcts_first_step_factor=2,
+        mcts_expand_width=2,
+        mcts_max_depth=2,
+        mcts_c_puct=2.0,
+        step_max_tokens=8,
     )
+    return MCTSDPOOptions(**{**base, **over})
 
 
-def test_collect_builds_adjacent_step_pairs(make_cfg):
+def mcts(make_cfg, *over, **opts) -> MCTSDPO:
+    cfg = make_cfg("algorithm.name=mcts_dpo", "learner.ranks=2", "rollout.max_new_tokens=24", *over)
+    return MCTSDPO(cfg, options(**opts))
+
+
+def table_self_eval(exp, prompts, nodes):
+    return [SELF_EVAL[(0, *n.ids[1:])] for n in nodes]
+
+
+def test_collect_on_the_toy_gives_the_hand_traced_pairs(make_cfg):
     a = mcts(make_cfg)
-    exp = FakeExp()
-    prompts = [{"prompt_ids": [1, 2], "prompt": "P0"}, {"prompt_ids": [4], "prompt": "P1"}]
-    batch = a.collect(exp, prompts)
+    a.self_eval = table_self_eval  # the toy's C (self_eval itself is tested below)
+    exp = ToyExp()
+    batch = a.collect(exp, [{"prompt_ids": [0], "prompt": "P", "answer": "7"}])
     m = a.prepare(batch)
-    assert exp.calls["generate_text"] == 3  # one batched call per simulation round
-    assert all(n % 2 == 0 for n in exp.calls["policy_logp"])  # padded to the 2 learner ranks
-    assert len(batch) % 2 == 0 and len(batch) >= 2
-    for i in range(0, len(batch), 2):
-        assert batch["prompt"][i] == batch["prompt"][i + 1]  # shared prefix
-        assert batch["scores"][i] > batch["scores"][i + 1]  # chosen has the higher Q
-        pl = batch["prompt_len"][i]
-        assert torch.equal(batch["input_ids"][i, :pl], batch["input_ids"][i + 1, :pl])
-        assert batch["response_mask"][i].sum() > 0
-    assert m["mcts/pairs_per_prompt"] == len(batch) / 2 / 2
-    assert m["mcts/tree_size"] > 3 and m["mcts/skipped_update"] == 0.0
-    assert m["mcts/q_margin_min"] > 0 and set(batch["policy_version"]) == {5}
+    # root: a delimited step of <= 8 tokens; A and B: the last step, to the end of the answer
+    # (max_new_tokens 24 − 1 full step of 8 = 16 tokens), without a stop string
+    assert exp.gen_calls == [(1, 2, 8, ["\n"]), (1, 2, 16, None), (1, 2, 16, None)]
+    assert batch["completion"] == ["s2\n", "s1\n", "s3", "s4"]  # B > A at the root, B3 > B4 at B
+    assert batch["prompt"] == ["P", "P", "Ps2\n", "Ps2\n"]
+    assert batch["scores"].tolist() == pytest.approx([1.225, 2.6 / 3, 1.5, 0.4])
+    assert batch["input_ids"][2].tolist()[:2] == [0, 2] == batch["input_ids"][3].tolist()[:2]
+    assert m["dpo/pairs"] == 2.0 and m["mcts/pairs_per_prompt"] == 2.0
+    assert m["mcts/simulations"] == 6.0 and m["mcts/sim_verified_frac"] == 1.0
+    assert m["mcts/tree_size"] == 6.0 and m["mcts/path_len"] == 2.0
+    assert m["mcts/verified_frac"] == pytest.approx(4 / 6)  # the four answers; A and B are steps
+    assert m["mcts/outcome_mean"] == pytest.approx(0.5) and m["mcts/skipped_update"] == 0.0
+    assert set(batch["policy_version"]) == {5} and a.pairs_total == 2
+
+
+def test_terminal_values_add_the_configured_outcome_to_the_self_evaluation(make_cfg):
+    a = mcts(make_cfg, mcts_outcome_correct=2.0, mcts_outcome_wrong=-1.0)
+    a.self_eval = table_self_eval
+    a._judged, a._outcomes = [], []
+    b = Node([0, 2], [2], "s2\n", depth=1, parent=Node([0], tag=0), tag=0)
+    b3 = Node([0, 2, 3], [3], "s3", depth=2, terminal=True, parent=b, tag=0)
+    b4 = Node([0, 2, 4], [4], "s4", depth=2, terminal=True, parent=b, tag=0)
+    a.evaluate(ToyExp(), [{"prompt": "P"}], [b, b3, b4])
+    assert (b.value, b.outcome) == (0.4, None)  # not an answer: the self-evaluation alone
+    assert (b3.value, b3.outcome) == (pytest.approx(2.0 + 0.5), 2.0)  # "s2\ns3" is right
+    assert (b4.value, b4.outcome) == (pytest.approx(-1.0 + 0.9), -1.0)
 
 
 def test_no_pairs_falls_back_to_a_zero_mask_pair(make_cfg):
     a = mcts(make_cfg)
-    batch = a.collect(FakeExp(same=True), [{"prompt_ids": [1, 2], "prompt": "P"}])
+    a.self_eval = lambda exp, prompts, nodes: [0.5] * len(nodes)
+    exp = ToyExp()
+    exp.score = lambda batch: batch.tensors.__setitem__("scores", torch.ones(len(batch)))
+    batch = a.collect(exp, [{"prompt_ids": [0], "prompt": "P"}])  # every answer equal
     m = a.prepare(batch)
     assert len(batch) == 2 and batch["response_mask"].sum() == 0
     assert m["mcts/skipped_update"] == 1.0 and m["mcts/pairs_per_prompt"] == 0.0
@@ -261,19 +357,24 @@ def test_no_pairs_falls_back_to_a_zero_mask_pair(make_cfg):
     assert loss.item() == 0.0 and logp.grad.abs().sum() == 0
 
 
-def test_self_eval_is_yes_vs_no_probability(make_cfg):
+def test_self_eval_shows_the_reference_solution(make_cfg):
     a = mcts(make_cfg, "learner.ranks=4")
-    exp = FakeExp()
-    nodes = [Node([1, 2]), Node([5])]
-    got = a.self_eval(exp, nodes)
-    assert exp.calls["policy_logp"] == [4]  # 2 nodes × (Yes, No), already a multiple of 4
-    ask = Tok().encode("\nIs this step correct? Answer Yes or No:")
+    exp = ToyExp()
+    prompts = [{"solution": "2+2=4"}, {"answer": 7}, {"other": "x"}]
+    nodes = [Node([1, 2], tag=0), Node([5], tag=1), Node([6], tag=2)]
+    got = a.self_eval(exp, prompts, nodes)
+    assert exp.logp_rows == [8]  # 3 nodes × (Yes, No), padded to a multiple of the 4 ranks
     yes, no = Tok().encode(" Yes"), Tok().encode(" No")
-    for n, e in zip(nodes, got):
+    asks = [
+        Tok().encode(HINTED_EVAL_PROMPT.format(reference="2+2=4")),
+        Tok().encode(HINTED_EVAL_PROMPT.format(reference="7")),
+        Tok().encode("\nIs this step correct? Answer Yes or No:"),  # no reference in the row
+    ]
+    for n, ask, e in zip(nodes, asks, got):
         head = n.ids + ask
         ly, ln = (sum(fake_lp(head + ans)[len(head) :]) for ans in (yes, no))
         assert e == pytest.approx(1 / (1 + math.exp(ln - ly)), rel=1e-5)
-    assert len(set(got)) == 2  # the prefix matters
+    assert "Reference solution: 2+2=4" in HINTED_EVAL_PROMPT.format(reference="2+2=4")
 
 
 def pair_batch() -> Batch:
@@ -323,25 +424,34 @@ def test_padded_zero_mask_pairs_add_nothing(make_cfg):
 def test_needs_and_config_errors(make_cfg):
     n = mcts(make_cfg).needs()
     assert n.reference and n.row_multiple == 2
-    with pytest.raises(ConfigError, match="algorithm.mcts_alpha"):
-        mcts(make_cfg, "algorithm.mcts_alpha=1.5")
-    with pytest.raises(ConfigError, match="algorithm.mcts_expand"):
-        mcts(make_cfg, "algorithm.mcts_expand=0")
+    with pytest.raises(ConfigError, match="algorithm.mcts_rejected"):
+        mcts(make_cfg, mcts_rejected="best")
+    with pytest.raises(ConfigError, match="algorithm.mcts_expand_width"):
+        mcts(make_cfg, mcts_expand_width=0)
+    with pytest.raises(ConfigError, match="algorithm.mcts_simulations_per_step"):
+        mcts(make_cfg, mcts_simulations_per_step=0)
     with pytest.raises(ConfigError, match="rollout.max_model_len"):
-        mcts(make_cfg, "algorithm.step_max_tokens=512")
+        mcts(make_cfg, step_max_tokens=4096)
+
+
+def test_options_come_from_the_algorithm_config(make_cfg):
+    cfg = make_cfg("algorithm.name=mcts_dpo", "algorithm.mcts_c_puct=2.5")
+    o = MCTSDPO(cfg).o
+    assert o.mcts_c_puct == 2.5 and o.mcts_rejected == "worst" and o.mcts_outcome_wrong == -0.5
 
 
 def test_state_dict_round_trip(make_cfg):
     a = mcts(make_cfg)
-    a.collect(FakeExp(), [{"prompt_ids": [1, 2], "prompt": "P"}])
+    a.self_eval = table_self_eval
+    a.collect(ToyExp(), [{"prompt_ids": [0], "prompt": "P"}])
     a.update({})
     b = mcts(make_cfg)
     b.load_state_dict(a.state_dict())
-    assert b.step == 1 and b.pairs_total == a.pairs_total > 0
+    assert b.step == 1 and b.pairs_total == a.pairs_total == 2
 
 
 def test_engine_seeds_are_fresh_for_every_call_and_sample(make_cfg):
-    """Tree search calls generate_text once per round: no sample of a step may reuse a seed
+    """Tree search calls generate_text once per level: no sample of a step may reuse a seed
     (vLLM seeds sample j of a request with seed + j)."""
     from rlpost.runtime.experience import ActorExperience
 
