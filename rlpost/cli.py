@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 from algorithms import ALGORITHMS
 from rlpost.config import ConfigError, field_docs, load_config
+from rlpost.models import tiny
+from rlpost.trainer import train
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.recipe, args.overrides + (["trainer.resume=true"] if args.resume else [])
     )
-    from rlpost.trainer import train
 
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")
@@ -24,7 +25,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from rlpost.models import tiny
 
     out = tiny.build(args.preset, args.out, seed=args.seed)
     print(f"{args.preset} model ({tiny.num_params(out) / 1e6:.2f}M params) written to {out}")

@@ -17,8 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from rlpost.models import tiny
 from rlpost.objective import ADVANTAGES, AGGREGATIONS, PREFERENCE_LOSSES
-from rlpost.registry import Registry
+from rlpost.registry import Registry, absolute_spec
 
 
 class ConfigError(ValueError):
@@ -193,8 +194,6 @@ class RewardConfig:
     def __post_init__(self) -> None:
         # Made absolute here, in the driver, so a reward actor with another working directory
         # loads the same file.py:function.
-        from rlpost.registry import absolute_spec
-
         self.functions = [
             s if s.startswith("task:") or "(" in s else absolute_spec(s) for s in self.functions
         ]
@@ -479,7 +478,6 @@ def load_config(
 
 def resolve_tiny_models(cfg: Config) -> None:
     """``tiny:PRESET`` names a tiny model built offline on first use (cached under RLPOST_CACHE)."""
-    from rlpost.models import tiny
 
     def fix(v: str) -> str:
         return str(tiny.ensure(v.split(":", 1)[1])) if v.startswith("tiny:") else v

@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -41,6 +42,8 @@ from typing import Any
 import yaml
 
 from rlpost.config import Config, ConfigError, load_config
+from rlpost.evaluation import IN_LOOP_SAMPLES
+from rlpost.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CSV_FIELDS = [
@@ -292,8 +295,6 @@ def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
     status: dict[str, Any] = {"run": name, "label": run.label, "seed": seed, "ok": False}
     for attempt in range(spec.retries + 1):
         if run_dir.exists():  # a failed attempt's metrics must not mix with the retry's
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
         cmd = _cli() + ["train", run.recipe, *run_overrides(spec, run, seed)]
         log_path = logs / f"{name}.log" if attempt == 0 else logs / f"{name}.retry{attempt}.log"
@@ -341,7 +342,6 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def baseline_eval(spec: CompareSpec, cfg: Config, seed: int) -> dict[str, Any]:
     """Step 0: the base model under the in-loop protocol (greedy + IN_LOOP_SAMPLES samples)."""
-    from rlpost.evaluation import IN_LOOP_SAMPLES
 
     out = spec.out_dir / "baseline" / f"s{seed}.json"
     want = {
@@ -496,7 +496,6 @@ def baseline_row(label: str, seed: int, result: dict) -> dict:
 
 
 def collect_rows(spec: CompareSpec, baselines: dict[int, dict]) -> list[dict]:
-    from rlpost.tracking import read_metrics
 
     rows = []
     for seed in spec.seeds:
@@ -637,7 +636,7 @@ def _curves(
 def write_plots(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     """Metric-vs-step and metric-vs-wall curves (mean over seeds, min–max band) and the
     accuracy-vs-KL frontier, as PNGs (matplotlib, Agg backend)."""
-    import matplotlib
+    import matplotlib  # heavy: only the report needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

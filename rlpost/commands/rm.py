@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import MISSING, dataclass, field
@@ -30,7 +31,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from rlpost.data import DataError, check_prompt
+import torch
+import torch.nn.functional as F
+
+from rewards.model import RewardModel
+from rewards.pipeline import RewardPipeline
+from rlpost.commands.evaluate import (
+    eval_config,
+    eval_engine,
+    resolve_policy,
+    sample,
+)
+from rlpost.data import DataError, check_prompt, load_prompts
+from rlpost.evaluation import score_pass
+from rlpost.models import tiny
 from rlpost.models.hf import load_tokenizer
 
 PAIRS_COLUMNS = ("prompt", "chosen", "rejected")
@@ -111,8 +125,6 @@ def options_from(cls: type, args: argparse.Namespace) -> Any:
 def resolve_model(path: str) -> str:
     """``tiny:PRESET`` → the cached tiny model; anything else unchanged."""
     if path.startswith("tiny:"):
-        from rlpost.models import tiny
-
         return str(tiny.ensure(path.split(":", 1)[1]))
     return path
 
@@ -133,15 +145,6 @@ def pairs_from_group(texts: list[str], scores: list[float | None]) -> list[tuple
 
 def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     """Sample, score, pair and write; returns a summary dict."""
-    from rewards.pipeline import RewardPipeline
-    from rlpost.commands.evaluate import (
-        eval_config,
-        eval_engine,
-        resolve_policy,
-        sample,
-    )
-    from rlpost.data import load_prompts
-    from rlpost.evaluation import score_pass
 
     if opts.prompts < 1 or opts.n < 2:
         raise DataError(f"rm-data: need --prompts >= 1 and --n >= 2, got {opts.prompts}, {opts.n}")
@@ -303,7 +306,6 @@ def _prompt_key(row: dict) -> str:
 # ----------------------------------------------------------------------------- train-rm
 def bradley_terry_loss(chosen: Any, rejected: Any, margin: Any = None) -> Any:
     """Mean −log σ(r_chosen − r_rejected − margin) (Bradley–Terry; margin as in Llama 2)."""
-    import torch.nn.functional as F
 
     diff = chosen - rejected
     if margin is not None:
@@ -321,7 +323,6 @@ def _batch_rewards(rm: Any, batch: list[dict]) -> tuple[Any, Any]:
 
 def evaluate_pairs(rm: Any, rows: list[dict], batch_size: int) -> dict[str, float]:
     """Mean BT loss and pairwise accuracy (a tie counts one half) of ``rows``."""
-    import torch
 
     if not rows:
         return {}
@@ -343,9 +344,6 @@ def train_rm(opts: TrainRMOptions) -> dict[str, Any]:
     launch/compare/ensembles.yaml. A large reward model would go through the DeepSpeed learner
     group (rlpost/runtime/learner.py) instead.
     """
-    import torch
-
-    from rewards.model import RewardModel
 
     for key in ("epochs", "batch_size"):
         if getattr(opts, key) < 1:
@@ -462,7 +460,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 def _data_error(e: DataError) -> int:
-    import sys
 
     print(f"data error: {e}", file=sys.stderr)
     return 2

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from rlpost.config import ConfigError, load_config
+from rlpost.config import ConfigError, load_config, parse_override
+from rlpost.trainer import train
 
 
 def sft_config(recipe: str, overrides: list[str]):
     """The recipe with ``algorithm.name=sft`` (a recipe naming another algorithm is an error)."""
-    from rlpost.config import parse_override
 
     for item in overrides:
         key, value = parse_override(item)
@@ -26,7 +26,6 @@ def sft_config(recipe: str, overrides: list[str]):
 
 def _sft(args: argparse.Namespace) -> int:
     cfg = sft_config(args.recipe, list(args.overrides))
-    from rlpost.trainer import train
 
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")

@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.base import build_algorithm
+from rlpost.commands.launch import kuberay, slurm
+from rlpost.commands.launch import submit as sub
 from rlpost.config import Config, ConfigError, load_config
-from rlpost.runtime.placement import Plan, default_groups, make_plan
+from rlpost.runtime import placement as pl
+from rlpost.runtime.placement import (
+    Node,
+    PlacementError,
+    Plan,
+    check_fits,
+    cluster_nodes,
+    default_groups,
+    make_plan,
+)
 
 
 def plan_for(cfg: Config) -> Plan:
@@ -75,7 +86,6 @@ def _recipe(args: argparse.Namespace) -> Config:
 
 @_guard("submit")
 def cmd_submit(args: argparse.Namespace) -> int:
-    from rlpost.commands.launch import submit as sub
 
     env = _kv(args.env, "--env")
     excludes = None if not args.exclude else sub.DEFAULT_EXCLUDES + list(args.exclude)
@@ -122,7 +132,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _check_remote(cfg: Config, address: str | None) -> None:
     """Refuse a plan the target cluster cannot hold before uploading anything."""
-    from rlpost.runtime.placement import PlacementError, check_fits, cluster_nodes
 
     plan = plan_for(cfg)
     try:
@@ -139,7 +148,6 @@ def _when(ms: int | None) -> str:
 
 @_guard("jobs")
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from rlpost.commands.launch import submit as sub
 
     address = _address(args)
     if args.action == "list":
@@ -175,7 +183,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 @_guard("plan")
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rlpost.runtime import placement as pl
 
     cfg = _recipe(args)
     plan = plan_for(cfg)
@@ -208,7 +215,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _check_launch(cfg: Config, nodes: list[Any], what: str) -> None:
-    from rlpost.runtime import placement as pl
 
     plan = plan_for(cfg)
     try:
@@ -229,8 +235,6 @@ def _write(text: str, out: str) -> None:
 
 @_guard("launch slurm")
 def cmd_launch_slurm(args: argparse.Namespace) -> int:
-    from rlpost.commands.launch import slurm
-    from rlpost.runtime.placement import Node
 
     if args.check and not args.compare:
         cfg = _recipe(args)
@@ -270,8 +274,6 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
 
 @_guard("launch kuberay")
 def cmd_launch_kuberay(args: argparse.Namespace) -> int:
-    from rlpost.commands.launch import kuberay
-    from rlpost.runtime.placement import Node
 
     res = {k: float(v) for k, v in _kv(args.worker_resource, "--worker-resource").items()}
     if args.check and not args.compare:

@@ -146,7 +146,7 @@ def _closed(s: Any) -> Any:
 
 def validation_errors(manifest: dict[str, Any], strict: bool = True, crd: Path = CRD) -> list[str]:
     """Schema violations as 'path: message' lines (empty: valid)."""
-    import jsonschema
+    import jsonschema  # only validation needs it (a slow import for every other command)
 
     api = str(manifest.get("apiVersion", ""))
     version = api.split("/", 1)[1] if api.startswith("ray.io/") else ""

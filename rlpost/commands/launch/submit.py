@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from ray.job_submission import JobSubmissionClient
 
 from rlpost.config import ConfigError, load_config, parse_override
+from rlpost.runtime.placement import use_ray_token_auth
 
 SPEC_RE = re.compile(r"^(?P<path>[^:=\s]+\.py):(?P<name>[A-Za-z_]\w*(\(.*\))?)$")
 DEFAULT_EXCLUDES = [
@@ -285,9 +287,6 @@ def build_command_job(
 
 
 def client(address: str | None):  # -> JobSubmissionClient (import kept lazy: ray is slow)
-    from ray.job_submission import JobSubmissionClient
-
-    from rlpost.runtime.placement import use_ray_token_auth
 
     use_ray_token_auth()
     try:
