@@ -162,3 +162,14 @@ def build_sequences(
     b.columns["prompt_len"] = [len(p) for p in prompt_ids]
     b.columns["response_len"] = [len(r) for r in response_ids]
     return b
+
+
+def length_order(batch: Batch, row_multiple: int = 1) -> list[int]:
+    """Row order that puts sequences of like length together (units of ``row_multiple`` rows,
+    e.g. DPO pairs, stay whole and in order): micro-batches cut from it carry less padding. Losses
+    use global counts, so the order of rows never changes a gradient."""
+    lengths = batch["attention_mask"].sum(1).tolist()
+    units = len(lengths) // row_multiple
+    key = [max(lengths[u * row_multiple : (u + 1) * row_multiple]) for u in range(units)]
+    order = sorted(range(units), key=lambda u: (key[u], u))
+    return [u * row_multiple + j for u in order for j in range(row_multiple)]

@@ -130,6 +130,14 @@ class LearnerConfig:
     cpus_per_rank: float = _f(1.0, "Ray CPUs per learner rank")
     gpus_per_rank: float = _f(0.0, "Ray GPUs per learner rank (0 on CPU)")
     torch_threads: int = _f(0, "torch intra-op threads per rank, 0 = from cpus_per_rank")
+    logprob_chunk: int = _f(
+        4096,
+        "tokens per chunk of the output layer + log-softmax (whole logits never made); 0 = off",
+    )
+    autocast: Literal["off", "bf16"] = _f(
+        "off", "bf16 autocast of the forward (CPU learners whose CPU has bf16 instructions)"
+    )
+    sort_by_length: bool = _f(True, "cut micro-batches from rows sorted by length (less padding)")
 
 
 @dataclass

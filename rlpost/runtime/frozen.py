@@ -7,9 +7,9 @@ from typing import Any
 import ray
 import torch
 
-from rlpost.batch import Batch
+from rlpost.batch import Batch, length_order
 from rlpost.config import Config
-from rlpost.models.hf import load_model, load_tokenizer, token_logprobs
+from rlpost.models.hf import causal_logprobs, load_model, load_tokenizer
 
 
 class FrozenWorker:
@@ -21,20 +21,20 @@ class FrozenWorker:
         ).eval()
         self.temperature = cfg.rollout.temperature
         self.micro = max(1, cfg.learner.micro_batch_size)
+        self.chunk = cfg.learner.logprob_chunk
 
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> torch.Tensor:
         width = batch["input_ids"].shape[1]
+        order = length_order(batch)  # micro-batches of like length: less padding
         outs = []
-        for mb in batch.split(self.micro):
+        for mb in batch.select(order).split(self.micro):
             mb = mb.trim()
             ids = mb["input_ids"].to(self.device)
-            logits = self.model(
-                input_ids=ids, attention_mask=mb["attention_mask"].to(self.device)
-            ).logits
-            lp = token_logprobs(logits, ids, self.temperature).cpu()
+            attn = mb["attention_mask"].to(self.device)
+            lp = causal_logprobs(self.model, ids, attn, self.temperature, self.chunk).cpu()
             outs.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
-        return torch.cat(outs)
+        return torch.cat(outs)[torch.argsort(torch.tensor(order))]
 
 
 class FrozenGroup:

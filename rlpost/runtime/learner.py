@@ -18,9 +18,9 @@ from typing import Any
 import ray
 import torch
 
-from rlpost.batch import Batch
+from rlpost.batch import Batch, length_order
 from rlpost.config import Config
-from rlpost.models.hf import load_model, token_logprobs
+from rlpost.models.hf import causal_logprobs, load_model
 
 
 def free_port() -> int:
@@ -150,10 +150,24 @@ class LearnerWorker:
     def _forward(self, batch: Batch) -> torch.Tensor:
         ids = batch["input_ids"].to(self.device)
         attn = batch["attention_mask"].to(self.device)
-        out = self.engine(input_ids=ids, attention_mask=attn)
-        if self.role == "critic":  # V(state before token t) sits at t, like log-probs
-            return torch.nn.functional.pad(out.logits.squeeze(-1).float()[:, :-1], (1, 0))
-        return token_logprobs(out.logits, ids, self.cfg.rollout.temperature)
+        lrn = self.cfg.learner
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=lrn.autocast == "bf16"):
+            if self.role == "critic":  # V(state before token t) sits at t, like log-probs
+                out = self.engine(input_ids=ids, attention_mask=attn)
+                return torch.nn.functional.pad(out.logits.squeeze(-1).float()[:, :-1], (1, 0))
+            # the module itself (ZeRO-3 gathers through its hooks), so the output layer can run
+            # in chunks; DeepSpeed's engine forward adds nothing the loss needs here
+            return causal_logprobs(
+                self.engine.module, ids, attn, self.cfg.rollout.temperature, lrn.logprob_chunk
+            )
+
+    def _micro_batches(self, batch: Batch, micro: int, row_multiple: int) -> tuple[list, list]:
+        """Micro-batches (padding trimmed) and the row order they were cut in."""
+        order = list(range(len(batch)))
+        if self.cfg.learner.sort_by_length:
+            order = length_order(batch, row_multiple)
+            batch = batch.select(order)
+        return [mb.trim() for mb in batch.split(micro)], order
 
     def _objective(self) -> Any:
         """What the driver said to minimise: an object with ``loss`` (policy) / ``critic_loss``
@@ -168,9 +182,11 @@ class LearnerWorker:
     def forward(self, batch: Batch, micro: int) -> torch.Tensor:
         """Log-probs (policy) or values (critic) without grad, in micro-batches."""
         self.engine.eval()
-        outs = [self._forward(b.trim()) for b in batch.split(micro)]
+        parts, order = self._micro_batches(batch, micro, 1)
         width = batch["input_ids"].shape[1]
-        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs]).cpu()
+        outs = [self._forward(b) for b in parts]
+        out = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs]).cpu()
+        return out[torch.argsort(torch.tensor(order))]
 
     def train(
         self, minibatches: list[Batch], counts: list[dict], micro: int, row_multiple: int = 1
@@ -188,10 +204,10 @@ class LearnerWorker:
         norms: list[float] = []
         n = 0
         for shard, cnt in zip(minibatches, counts):
-            parts = shard.split(micro)
+            parts, _ = self._micro_batches(shard, micro, row_multiple)
             for i, mb in enumerate(parts):
                 self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
-                mb = mb.trim().to(self.device)
+                mb = mb.to(self.device)
                 out = self._forward(mb)
                 if self.role == "critic":
                     loss, metrics = objective.critic_loss(out, mb, cnt)
