@@ -183,7 +183,7 @@ class KLRegularized(Algorithm):
         self.kl = kl_controller_from(cfg)
         self._observed: tuple[float, int] | None = None  # (mean per-sequence KL, samples)
         for key, reg, name in (
-            ("algorithm.advantage", ADVANTAGES, self.a.advantage),
+            ("algorithm.advantage", ADVANTAGES, getattr(self.a, "advantage", "group")),
             ("algorithm.policy_loss", POLICY_LOSSES, self.policy_loss_name()),
         ):
             try:
