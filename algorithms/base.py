@@ -20,6 +20,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 from rlpost.batch import Batch
+from rlpost.config import ConfigError
+from rlpost.objective import (
+    ADVANTAGES,
+    POLICY_LOSSES,
+    AdvantageConfig,
+    PolicyLossConfig,
+    advantage_needs_values,
+    kl_controller,
+    kl_estimate,
+    kl_loss,
+    kl_penalty_in_reward,
+    masked_mean,
+    policy_loss,
+    score_at_last_token,
+    sequence_kl,
+    value_loss,
+)
 from rlpost.registry import Registry, absolute_spec
 
 if TYPE_CHECKING:
@@ -156,8 +173,6 @@ def build_algorithm(cfg: Config) -> Algorithm:
 
 def kl_controller_from(cfg: Config):
     """The KL controller named by ``algorithm.kl`` (the math lives in rlpost.objective)."""
-    from rlpost.objective import kl_controller
-
     k = cfg.algorithm.kl
     if k.controller == "adaptive":
         return kl_controller("adaptive", init=k.beta, target=k.target, horizon=k.horizon)
@@ -179,23 +194,114 @@ def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 class KLRegularized(Algorithm):
     """An algorithm with a KL coefficient from ``algorithm.kl`` whose controller state is resumed
-    with the run, and the policy-side terms most algorithms share."""
+    with the run, and the policy-gradient pieces most algorithms share: advantages by the
+    registry name ``algorithm.advantage``, the policy loss ``algorithm.policy_loss``, the KL
+    in the reward or in the loss (``algorithm.kl.placement``), and the critic when the estimator
+    reads values."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.kl = kl_controller_from(cfg)
+        self._observed: tuple[float, int] | None = None  # (mean per-sequence KL, samples)
+        for key, reg, name in (
+            ("algorithm.advantage", ADVANTAGES, getattr(self.a, "advantage", "group")),
+            ("algorithm.policy_loss", POLICY_LOSSES, self.policy_loss_name()),
+        ):
+            try:
+                reg.get(name)
+            except (KeyError, ValueError, FileNotFoundError, AttributeError) as err:
+                raise ConfigError(f"{key}: {err.args[0] if err.args else err}") from None
+        if self.kl_placement() not in ("in_loss", "in_reward"):
+            raise ConfigError(
+                f"algorithm.kl.placement: {self.a.kl.placement!r} is not one of "
+                "'auto', 'in_loss', 'in_reward'"
+            )
+
+    # -- configuration read in one place ------------------------------------------------------
+    def natural_kl_placement(self) -> str:
+        """Where the KL goes when ``algorithm.kl.placement`` is 'auto' (PPO: in the reward)."""
+        return "in_loss"
+
+    def kl_placement(self) -> str:
+        p = self.a.kl.placement
+        return self.natural_kl_placement() if p == "auto" else p
+
+    def policy_loss_name(self) -> str:
+        return getattr(self.a, "policy_loss", "clipped")
+
+    def advantage_config(self) -> AdvantageConfig:
+        a = self.a
+        return AdvantageConfig(gamma=a.gamma, lam=a.lam, scale=a.scale)
+
+    def uses_critic(self) -> bool:
+        """A critic is trained exactly when the configured estimator reads values (gae)."""
+        return advantage_needs_values(self.a.advantage)
 
     def uses_reference(self) -> bool:
         """A reference is loaded only when some step has β > 0 (β = 0 is plain policy gradient)."""
         k = self.a.kl
         return k.beta > 0 or k.controller != "fixed" and max(k.start, k.end) > 0
 
-    def observed_kl(self, metrics: dict[str, float]) -> float:
-        return metrics.get("kl/mean", 0.0)
+    # -- driver side --------------------------------------------------------------------------
+    def observe_kl(self, batch: Batch) -> dict[str, float]:
+        """Measure KL(π_old‖π_ref) per sequence (summed over tokens, the configured estimator)
+        for the controller, which ``update`` feeds with the batch's sample count."""
+        if "ref_logp" not in batch:
+            return {}
+        k = self.a.kl
+        seq = sequence_kl(
+            batch["old_logp"], batch["ref_logp"], batch["response_mask"], k.estimator, k.clamp
+        )
+        self._observed = (seq.mean().item() if len(seq) else 0.0, len(seq))
+        return {"kl/seq_mean": self._observed[0]}
+
+    def compute_advantages(self, batch: Batch) -> dict[str, float]:
+        """Scores (KL-shaped when the KL is in the reward) → ``batch['advantages']`` [B, T] by
+        the estimator named ``algorithm.advantage``; critic targets too when there are values."""
+        k, mask = self.a.kl, batch["response_mask"]
+        scores = batch["scores"].float()
+        beta = self.kl.value
+        metrics = self.observe_kl(batch)
+        in_reward = self.kl_placement() == "in_reward" and "ref_logp" in batch
+        if in_reward:
+            old, ref = batch["old_logp"], batch["ref_logp"]
+            token_rewards = kl_penalty_in_reward(scores, old, ref, mask, beta, k.estimator, k.clamp)
+            shaped = scores - beta * sequence_kl(old, ref, mask, k.estimator, k.clamp)
+            metrics["kl/mean"] = masked_mean(kl_estimate(old, ref, k.estimator, k.clamp), mask)
+        else:
+            token_rewards, shaped = score_at_last_token(scores, mask), scores
+        values = batch.get("values")
+        estimator = ADVANTAGES.get(self.a.advantage)
+        adv, returns = estimator(
+            shaped, token_rewards, values, mask, batch.get("group_id"), self.advantage_config()
+        )
+        batch["advantages"] = adv.float()
+        if values is not None:
+            batch["returns"] = returns.float()
+            batch["old_values"] = values
+            metrics["critic/values_mean"] = masked_mean(values, mask)
+            metrics["critic/returns_mean"] = masked_mean(returns, mask)
+        batch.meta["kl_beta"] = beta
+        return as_floats(
+            {
+                **metrics,
+                "reward/mean": scores.mean(),
+                "reward/std": scores.std() if len(scores) > 1 else 0.0,
+                "advantage/abs_mean": masked_mean(adv.abs(), mask),
+                "kl/beta": beta,
+            }
+        )
 
     def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Step the controller: the adaptive one by the batch's samples and its per-sequence KL
+        (Ziegler et al.); step-counted ones (fixed, schedule) by one optimizer step."""
         super().update(metrics)
-        self.kl.update(self.observed_kl(metrics), 1)
+        if getattr(self.kl, "unit", "steps") == "samples":
+            if self._observed is not None:  # no KL measured this step: nothing to steer by
+                self.kl.update(*self._observed)
+        else:
+            self.kl.update(self._observed[0] if self._observed else None, 1)
+        self._observed = None
         return {"kl/beta_next": self.kl.value}
 
     def state_dict(self) -> dict[str, Any]:
@@ -205,34 +311,29 @@ class KLRegularized(Algorithm):
         super().load_state_dict(state)
         self.kl.load_state_dict(state["kl"])
 
+    # -- learner side -------------------------------------------------------------------------
     def pg_term(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        """Clipped surrogate on ``batch['advantages']`` plus the rollout/learner log-prob gap."""
-        from rlpost.objective import clipped_pg_loss, masked_mean
-
+        """The policy loss named ``algorithm.policy_loss`` (default the clipped surrogate) on
+        ``batch['advantages']``, plus the rollout/learner log-prob gap."""
         a, mask, old = self.a, batch["response_mask"], batch["old_logp"]
-        pg, m = clipped_pg_loss(
-            logp,
-            old,
-            batch["advantages"],
-            mask,
-            a.clip_low,
-            a.clip_high,
-            a.dual_clip or None,
-            a.agg,
-            **counts,
+        cfg = PolicyLossConfig(a.clip_low, a.clip_high, a.dual_clip or None, a.agg)
+        pg, m = policy_loss(
+            self.policy_loss_name(), logp, old, batch["advantages"], mask, cfg, counts
         )
-        return pg, {
+        out = {
             "loss/policy": pg.detach(),
             "pg/clip_frac": m["clip_frac"],
             "pg/approx_kl": m["approx_kl"],
             "rollout/logprob_diff": masked_mean((logp - old).abs().detach(), mask),
         }
+        if "dual_clip_frac" in m:
+            out["pg/dual_clip_frac"] = m["dual_clip_frac"]
+        return pg, out
 
     def kl_term(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        """β·KL(π‖π_ref) in the loss (β of this step from ``batch.meta``); 0 without a reference."""
-        from rlpost.objective import kl_loss
-
-        if "ref_logp" not in batch:
+        """β·KL(π‖π_ref) in the loss (β of this step from ``batch.meta``); 0 without a reference
+        or when the KL is placed in the reward instead."""
+        if "ref_logp" not in batch or self.kl_placement() != "in_loss":
             return torch.zeros((), device=logp.device), {}
         k = self.a.kl
         kl, m = kl_loss(
@@ -246,3 +347,19 @@ class KLRegularized(Algorithm):
             **counts,
         )
         return kl, {"loss/kl": kl.detach(), "kl/mean": m["kl"]}
+
+    def critic_loss(self, values: torch.Tensor, batch: Batch, counts: dict):
+        """PPO's clipped value loss on the estimator's returns, weighted by ``value_coef``."""
+        vl, m = value_loss(
+            values,
+            batch["old_values"],
+            batch["returns"],
+            batch["response_mask"],
+            self.cfg.critic.value_clip,
+            self.a.agg,
+            **counts,
+        )
+        loss = self.a.value_coef * vl
+        return loss, as_floats(
+            {"loss/value": loss.detach(), **{f"critic/{k}": v for k, v in m.items()}}
+        )

@@ -21,7 +21,8 @@ import torch
 from algorithms.base import Algorithm, Needs, as_floats, register
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError
-from rlpost.objective import dpo_loss, safe_div, sequence_logp
+from rlpost.groups import group_ids_for, groups
+from rlpost.objective import dpo_pair_loss, real_pairs
 
 
 def best_worst_pairs(scores: list[float], group_ids: list[Any]) -> list[tuple[int, int]]:
@@ -29,22 +30,13 @@ def best_worst_pairs(scores: list[float], group_ids: list[Any]) -> list[tuple[in
 
     The first row wins a tie for best and for worst, so the choice is deterministic.
     """
-    groups: dict[Any, list[int]] = {}
-    for i, g in enumerate(group_ids):
-        groups.setdefault(g, []).append(i)
     pairs = []
-    for rows in groups.values():
+    for rows in groups(group_ids).values():
         best = max(rows, key=lambda i: scores[i])
         worst = min(rows, key=lambda i: scores[i])
         if scores[best] > scores[worst]:
             pairs.append((best, worst))
     return pairs
-
-
-def real_pairs(mask: torch.Tensor) -> torch.Tensor:
-    """[N/2] bool: pair i is real iff both its rows have response tokens (padding has none)."""
-    tokens = mask.sum(-1)
-    return (tokens[0::2] > 0) & (tokens[1::2] > 0)
 
 
 @register
@@ -95,7 +87,7 @@ class DPO(Algorithm):
         )
         batch["prompt"] = [r["prompt"] for r in rows for _ in range(2)]
         batch["completion"] = [c for r in rows for c in (r["chosen"], r["rejected"])]
-        batch["group_id"] = [exp.step * 100_000 + i for i in range(count) for _ in range(2)]
+        batch["group_id"] = group_ids_for(exp.step, count, 2)
         batch["scores"] = torch.tensor([1.0, 0.0] * count)  # the labels: nothing to score
         self.collected = {}
         return batch
@@ -133,22 +125,18 @@ class DPO(Algorithm):
 
     # -- learner: preference loss over real pairs ---------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        a, mask = self.a, batch["response_mask"]
-        pol = sequence_logp(logp, mask)
-        ref = sequence_logp(batch["ref_logp"], mask)
-        real = real_pairs(mask)
-        losses, m = dpo_loss(
-            pol[0::2][real],
-            pol[1::2][real],
-            ref[0::2][real],
-            ref[1::2][real],
+        a = self.a
+        # Summed over micro-batches and ranks, Σ losses / global pairs is the mini-batch mean.
+        loss, m = dpo_pair_loss(
+            logp,
+            batch["ref_logp"],
+            batch["response_mask"],
             a.beta,
             a.loss_kind,
             a.label_smoothing,
+            num_pairs=counts["num_seqs"] / 2,
         )
-        # Summed over micro-batches and ranks, Σ losses / global pairs is the mini-batch mean.
-        loss = safe_div(losses.sum(), counts["num_seqs"] / 2)
-        metrics = {f"dpo/{k}": torch.nan_to_num(v, nan=0.0) for k, v in m.items()}
+        metrics = {f"dpo/{k}": v for k, v in m.items() if k != "pairs"}
         return loss, as_floats({"loss/dpo": loss.detach(), **metrics})
 
     def state_dict(self) -> dict:

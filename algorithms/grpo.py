@@ -1,5 +1,10 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): n samples per prompt, group-normalised advantages,
-clipped surrogate, β·KL(π‖π_ref) in the loss (k3 by default)."""
+clipped surrogate, β·KL(π‖π_ref) in the loss (k3 by default).
+
+    A    = ADVANTAGES[algorithm.advantage](...)    group (default; scale=none: Dr.GRPO), rloo,
+                                                   reinforce_pp, or gae (then a critic is trained)
+    loss = POLICY_LOSSES[algorithm.policy_loss](ρ, A) + β·KL(π‖π_ref)    (kl.placement=in_loss)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import torch
 
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
-from rlpost.objective import ADVANTAGES
+from rlpost.groups import groups
 
 
 @register
@@ -15,7 +20,11 @@ class GRPO(KLRegularized):
     name = "grpo"
 
     def needs(self) -> Needs:
-        return Needs(samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference())
+        return Needs(
+            samples_per_prompt=self.cfg.rollout.n,
+            reference=self.uses_reference(),
+            critic=self.uses_critic(),
+        )
 
     def collect(self, exp, prompts: list[dict]) -> Batch:
         batch = exp.generate(prompts, n=self.needs().samples_per_prompt)
@@ -24,34 +33,19 @@ class GRPO(KLRegularized):
         # Dynamic sampling (DAPO): a group whose scores are all equal has zero advantage and
         # only dilutes the batch; drop it (no refill: the step trains on fewer rows).
         self.reward_metrics = exp.score(batch)
-        scores, groups = batch["scores"].tolist(), batch["group_id"]
-        spread = {g: set() for g in groups}
-        for g, r in zip(groups, scores):
-            spread[g].add(r)
-        keep = [i for i, g in enumerate(groups) if len(spread[g]) > 1]
-        self.kept_groups = sum(len(v) > 1 for v in spread.values()) / max(len(spread), 1)
+        scores = batch["scores"].tolist()
+        by_prompt = groups(batch["group_id"])
+        live = [rows for rows in by_prompt.values() if len({scores[i] for i in rows}) > 1]
+        self.kept_groups = len(live) / max(len(by_prompt), 1)
+        keep = sorted(i for rows in live for i in rows)
         return batch.select(keep) if keep else batch
 
-    # -- driver: scores → group advantages ---------------------------------------------------
+    # -- driver: scores → advantages by the configured estimator -----------------------------
     def prepare(self, batch: Batch) -> dict[str, float]:
-        scores = batch["scores"]
-        if self.a.advantage == "rloo":
-            adv = ADVANTAGES.get("rloo")(scores, batch["group_id"])
-        else:
-            adv = ADVANTAGES.get("group")(scores, batch["group_id"], scale=self.a.scale)
-        batch["advantages"] = adv
-        batch.meta["kl_beta"] = self.kl.value
-        return {
-            "reward/mean": scores.mean().item(),
-            "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-            "advantage/abs_mean": adv.abs().mean().item(),
-            "kl/beta": self.kl.value,
-            **(
-                {"dynamic/kept_group_frac": self.kept_groups, **self.reward_metrics}
-                if self.a.dynamic_sampling
-                else {}
-            ),
-        }
+        metrics = self.compute_advantages(batch)
+        if self.a.dynamic_sampling:
+            metrics.update({"dynamic/kept_group_frac": self.kept_groups, **self.reward_metrics})
+        return metrics
 
     # -- learner: surrogate + KL in the loss -------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:

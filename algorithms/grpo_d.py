@@ -39,4 +39,8 @@ class GRPOD(GRPO):
         return max(self.a.kl.start, self.a.kl.end) > 0
 
     def needs(self) -> Needs:
-        return Needs(samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference())
+        return Needs(
+            samples_per_prompt=self.cfg.rollout.n,
+            reference=self.uses_reference(),
+            critic=self.uses_critic(),
+        )

@@ -64,7 +64,10 @@ class KDRL(GRPO):
 
     def needs(self) -> Needs:
         return Needs(
-            samples_per_prompt=self.cfg.rollout.n, reference=self.uses_reference(), teacher=True
+            samples_per_prompt=self.cfg.rollout.n,
+            reference=self.uses_reference(),
+            teacher=True,
+            critic=self.uses_critic(),
         )
 
     # -- driver: GRPO advantages + the KD mask and β ------------------------------------------

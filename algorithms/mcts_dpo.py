@@ -31,7 +31,8 @@ from algorithms.mcts_search import add_children as grow
 from envs.steps import StepEnv
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError, option
-from rlpost.objective import dpo_loss, sequence_logp
+from rlpost.groups import group_ids_for
+from rlpost.objective import dpo_pair_loss, sequence_logp
 
 # Self-evaluation: the policy's p(" Yes") / (p(" Yes") + p(" No")) after the response so far and
 # one of these questions (with the data's reference solution when a row has one, as the paper's).
@@ -251,7 +252,7 @@ class MCTSDPO(Algorithm):
         batch["scores"] = torch.tensor([n.q for n in nodes], dtype=torch.float32)
         batch["prompt"] = [prompts[n.tag]["prompt"] + n.parent.text() for n in nodes]
         batch["completion"] = [n.step_text for n in nodes]
-        batch["group_id"] = [self.step * 100_000 + i // 2 for i in range(len(nodes))]
+        batch["group_id"] = group_ids_for(self.step, len(nodes) // 2, 2)
         batch["policy_version"] = [exp.policy_version] * len(nodes)
         batch["finish_reason"] = [n.finish_reason for n in nodes]
         self._stats["mcts/skipped_update"] = float(skipped)
@@ -274,17 +275,18 @@ class MCTSDPO(Algorithm):
 
     # -- learner: DPO on the step pairs ---------------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        a, mask = self.a, batch["response_mask"]
-        pol, ref = sequence_logp(logp, mask), sequence_logp(batch["ref_logp"], mask)
-        real = (mask[0::2].sum(-1) > 0) & (mask[1::2].sum(-1) > 0)  # learner padding: all zero
-        keep = real.nonzero().squeeze(-1)
-        if keep.numel() == 0:
-            return (logp * 0.0).sum(), {"loss/dpo": 0.0}
-        pc, pr, rc, rr = pol[0::2][keep], pol[1::2][keep], ref[0::2][keep], ref[1::2][keep]
-        losses, m = dpo_loss(pc, pr, rc, rr, a.beta, a.loss_kind, a.label_smoothing)
-        loss = losses.sum() / max(counts["num_seqs"] / 2, 1)
-        metrics = {"loss/dpo": loss.detach(), **{f"dpo/{k}": v for k, v in m.items()}}
-        return loss, as_floats(metrics)
+        a = self.a
+        loss, m = dpo_pair_loss(  # the DPO objective on the search's pairs, as DPO itself runs it
+            logp,
+            batch["ref_logp"],
+            batch["response_mask"],
+            a.beta,
+            a.loss_kind,
+            a.label_smoothing,
+            num_pairs=counts["num_seqs"] / 2,
+        )
+        metrics = {f"dpo/{k}": v for k, v in m.items() if k != "pairs"}
+        return loss, as_floats({"loss/dpo": loss.detach(), **metrics})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pairs_total": self.pairs_total}

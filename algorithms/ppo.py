@@ -1,5 +1,13 @@
 """PPO-RLHF (Ouyang et al. 2022 style): KL to π_ref in the token reward, a critic, GAE (γ=1,
-λ=0.95), clipped surrogate + clipped value loss on a separate critic optimizer."""
+λ=0.95), clipped surrogate + clipped value loss on a separate critic optimizer.
+
+    r_t  = −β·k(π_old, π_ref)_t  (+ score at the last token)     k = algorithm.kl.estimator
+    A, R = GAE(r, V) whitened                                   (algorithm.advantage=gae)
+    loss = POLICY_LOSSES[algorithm.policy_loss](ρ, A);  critic: ½·max((V − R)², clipped)
+    β    ← adaptive (Ziegler et al.): per-sequence KL vs kl.target, n_steps = samples
+
+``algorithm.kl.placement=in_loss`` moves the KL from the reward into the loss (as GRPO).
+"""
 
 from __future__ import annotations
 
@@ -7,67 +15,26 @@ import torch
 
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
-from rlpost.config import ConfigError
-from rlpost.objective import (
-    gae,
-    kl_estimate,
-    kl_penalty_in_reward,
-    masked_mean,
-    value_loss,
-    whiten,
-)
 
 
 @register
 class PPO(KLRegularized):
     name = "ppo"
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if self.a.advantage != "gae":
-            raise ConfigError("algorithm.advantage: ppo needs gae (it trains a critic)")
+    def natural_kl_placement(self) -> str:
+        return "in_reward"
 
     def needs(self) -> Needs:
-        return Needs(samples_per_prompt=self.cfg.rollout.n, reference=True, critic=True)
+        return Needs(
+            samples_per_prompt=self.cfg.rollout.n, reference=True, critic=self.uses_critic()
+        )
 
     # -- driver: KL-shaped token rewards → GAE ------------------------------------------------
     def prepare(self, batch: Batch) -> dict[str, float]:
-        mask, old, ref = batch["response_mask"], batch["old_logp"], batch["ref_logp"]
-        rewards = kl_penalty_in_reward(
-            batch["scores"], old, ref, mask, self.kl.value, "k1", self.a.kl.clamp
-        )
-        adv, returns = gae(rewards, batch["values"], mask, self.a.gamma, self.a.lam)
-        batch["advantages"] = whiten(adv, mask)
-        batch["returns"] = returns
-        batch["old_values"] = batch["values"]
-        self.observed_kl_value = masked_mean(kl_estimate(old, ref, "k1"), mask).item()
-        return {
-            "reward/mean": batch["scores"].mean().item(),
-            "kl/mean": self.observed_kl_value,
-            "kl/beta": self.kl.value,
-            "critic/values_mean": masked_mean(batch["values"], mask).item(),
-            "critic/returns_mean": masked_mean(returns, mask).item(),
-        }
+        return self.compute_advantages(batch)
 
-    # -- learner: policy and critic losses ----------------------------------------------------
+    # -- learner: policy loss (+ KL when placed in the loss); the critic's is the base's ------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
         pg, metrics = self.pg_term(logp, batch, counts)
-        return pg, as_floats(metrics)
-
-    def critic_loss(self, values: torch.Tensor, batch: Batch, counts: dict):
-        vl, m = value_loss(
-            values,
-            batch["old_values"],
-            batch["returns"],
-            batch["response_mask"],
-            self.cfg.critic.value_clip,
-            self.a.agg,
-            **counts,
-        )
-        loss = self.a.value_coef * vl
-        return loss, as_floats(
-            {"loss/value": loss.detach(), **{f"critic/{k}": v for k, v in m.items()}}
-        )
-
-    def observed_kl(self, metrics: dict[str, float]) -> float:
-        return getattr(self, "observed_kl_value", 0.0)
+        kl, kl_metrics = self.kl_term(logp, batch, counts)
+        return pg + kl, as_floats({**metrics, **kl_metrics})

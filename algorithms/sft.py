@@ -19,6 +19,7 @@ import torch
 
 from algorithms.base import Algorithm, Experience, Needs, as_floats, register
 from rlpost.batch import Batch, build_sequences
+from rlpost.groups import group_ids_for
 from rlpost.objective import masked_mean, sft_loss
 
 TARGET_COLUMNS = ("completion", "response", "target")
@@ -51,7 +52,7 @@ def sft_rows(
             batch.columns[k] = [p.get(k) for p in prompts]
     batch.columns.update(
         completion=list(targets),
-        group_id=[step * 100_000 + i for i in range(len(prompts))],
+        group_id=group_ids_for(step, len(prompts)),
         finish_reason=["stop"] * len(prompts),
     )
     # Nothing to score: the targets are the data. Present scores keep the reward group idle.

@@ -15,6 +15,7 @@ import torch
 from algorithms.base import KLRegularized, Needs, as_floats, register
 from rlpost.batch import Batch
 from rlpost.config import ConfigError, option
+from rlpost.groups import groups
 from rlpost.metrics import distinct_n, pairwise_meteor
 from rlpost.objective import sft_loss
 
@@ -23,21 +24,15 @@ METEOR_PAIRS = 512  # sampled cross-prompt pairs per step: enough for a stable m
 
 def top_k_per_group(scores: torch.Tensor, group_ids: list, k: int) -> list[int]:
     """Row indices of the k best-scored rows of each group, in batch order (ties: earlier row)."""
-    groups: dict = {}
-    for i, g in enumerate(group_ids):
-        groups.setdefault(g, []).append(i)
     keep = []
-    for rows in groups.values():
+    for rows in groups(group_ids).values():
         rows = sorted(rows, key=lambda i: (-float(scores[i]), i))
         keep += rows[:k]
     return sorted(keep)
 
 
 def by_group(texts: list[str], group_ids: list) -> list[list[str]]:
-    out: dict = {}
-    for t, g in zip(texts, group_ids):
-        out.setdefault(g, []).append(t)
-    return list(out.values())
+    return [[texts[i] for i in rows] for rows in groups(group_ids).values()]
 
 
 @dataclass
@@ -56,6 +51,11 @@ class SuperHF(KLRegularized):
             raise ConfigError(
                 f"algorithm.top_k: must be in [1, rollout.n={cfg.rollout.n}], got {self.a.top_k}"
             )
+        if self.kl_placement() != "in_loss":
+            raise ConfigError(
+                "algorithm.kl.placement: superhf has no reward to shape (the reward only "
+                f"filters), so its KL is in the loss; got {self.a.kl.placement}"
+            )
         self._stats: dict[str, float] = {}
 
     def needs(self) -> Needs:
@@ -65,8 +65,8 @@ class SuperHF(KLRegularized):
     def collect(self, exp, prompts: list[dict]) -> Batch:
         batch = exp.generate(prompts, n=self.cfg.rollout.n)
         metrics = exp.score(batch)
-        scores, groups = batch["scores"], batch["group_id"]
-        keep = top_k_per_group(scores, groups, self.a.top_k)
+        scores, group_ids = batch["scores"], batch["group_id"]
+        keep = top_k_per_group(scores, group_ids, self.a.top_k)
         texts = list(batch["completion"])
         self._stats = {
             **metrics,
@@ -74,7 +74,7 @@ class SuperHF(KLRegularized):
             "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
             "superhf/kept_reward_mean": scores[keep].mean().item(),
             "superhf/meteor_similarity": pairwise_meteor(
-                by_group(texts, groups), max_pairs=METEOR_PAIRS, seed=self.step
+                by_group(texts, group_ids), max_pairs=METEOR_PAIRS, seed=self.step
             ),
             "superhf/distinct_2": distinct_n(texts, 2),
         }
@@ -82,7 +82,12 @@ class SuperHF(KLRegularized):
 
     def prepare(self, batch: Batch) -> dict[str, float]:
         batch.meta["kl_beta"] = self.kl.value
-        return {**self._stats, "superhf/kept_rows": float(len(batch)), "kl/beta": self.kl.value}
+        return {
+            **self._stats,
+            **self.observe_kl(batch),  # what an adaptive controller steers by
+            "superhf/kept_rows": float(len(batch)),
+            "kl/beta": self.kl.value,
+        }
 
     # -- learner: NLL of the kept completions + β·KL to the reference ---------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:

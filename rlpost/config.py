@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from rlpost.models import tiny
-from rlpost.objective import ADVANTAGES, AGGREGATIONS, PREFERENCE_LOSSES
+from rlpost.objective import CONFIG_REGISTRIES
 from rlpost.registry import Registry, absolute_spec
 
 
@@ -210,9 +210,9 @@ class RewardConfig:
 @dataclass
 class KLConfig:
     beta: float = _f(0.04, "KL coefficient (initial value for adaptive)")
-    estimator: Literal["k1", "k2", "k3"] = _f("k3", "per-token KL estimator")
-    placement: Literal["in_loss", "in_reward"] = _f(
-        "in_loss", "KL in the loss (GRPO) or reward (PPO)"
+    estimator: str = _f("k3", "per-token KL estimator (objective KL_ESTIMATORS registry)")
+    placement: Literal["auto", "in_loss", "in_reward"] = _f(
+        "auto", "KL in the loss or the reward; auto = the algorithm's own"
     )
     controller: Literal["fixed", "adaptive", "schedule"] = _f("fixed", "how beta evolves")
     target: float = _f(6.0, "adaptive: target KL")
@@ -238,6 +238,7 @@ class AlgorithmConfig:
     clip_low: float = _f(0.2, "PPO ratio clip below")
     clip_high: float = _f(0.2, "PPO ratio clip above (clip-higher when larger)")
     dual_clip: float = _f(0.0, "dual-clip constant c > 1, 0 = off")
+    policy_loss: str = _f("clipped", "policy loss (objective POLICY_LOSSES registry)")
     gamma: float = _f(1.0, "GAE discount")
     lam: float = _f(0.95, "GAE lambda")
     value_coef: float = _f(0.5, "critic loss weight")
@@ -586,12 +587,15 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         raise ConfigError(
             f"reward.weights: {len(w.weights)} weights for {n_sources} reward sources"
         )
-    for key, value, registry in [
-        ("algorithm.advantage", a.advantage, ADVANTAGES),
-        ("algorithm.agg", a.agg, AGGREGATIONS),
-        ("algorithm.loss_kind", a.loss_kind, PREFERENCE_LOSSES),
-    ]:
-        check_registered(key, value, registry)
+    shared = {
+        "algorithm.advantage": a.advantage,
+        "algorithm.agg": a.agg,
+        "algorithm.loss_kind": a.loss_kind,
+        "algorithm.policy_loss": a.policy_loss,
+        "algorithm.kl.estimator": a.kl.estimator,
+    }
+    for key, value in shared.items():
+        check_registered(key, value, CONFIG_REGISTRIES[key])
     if a.kl.beta < 0:
         raise ConfigError(f"algorithm.kl.beta: must be >= 0, got {a.kl.beta}")
     if a.dual_clip and a.dual_clip <= 1:

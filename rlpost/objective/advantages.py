@@ -1,32 +1,90 @@
 """Advantage estimators: group-normalised (GRPO, Dr.GRPO), RLOO, GAE, REINFORCE++, whitening.
 
 All of them run without gradient: advantages are constants in the surrogate losses.
+
+The math functions keep their natural arguments; the ``ADVANTAGES`` registry holds one uniform
+entry per estimator, ``fn(scores, token_rewards, values, mask, group_ids, cfg) -> (A, R)``, so an
+algorithm dispatches on ``algorithm.advantage`` without knowing which inputs an estimator reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from rlpost.groups import groups
 from rlpost.registry import Registry
-
-ADVANTAGES: Registry[Callable[..., Any]] = Registry("advantage estimator")
-register_advantage = ADVANTAGES.register
 
 GroupIds = Tensor | Sequence[Any]
 
 
-def _group_index(group_ids: GroupIds, device: torch.device) -> tuple[Tensor, int]:
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """The knobs an estimator may read (each reads only its own)."""
+
+    gamma: float = 1.0  # gae, reinforce_pp: discount
+    lam: float = 0.95  # gae: λ
+    scale: str = "std"  # group: 'std' (GRPO) or 'none' (Dr.GRPO)
+    eps: float = 1e-6  # group: added to the std
+    whiten: bool = True  # gae: whiten A over the valid tokens of the batch
+
+
+AdvantageFn = Callable[
+    [Tensor, Tensor, Tensor | None, Tensor, GroupIds | None, AdvantageConfig], tuple[Tensor, Tensor]
+]
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+
+
+def register_advantage(
+    name: str,
+    obj: AdvantageFn | None = None,
+    *,
+    needs_values: bool = False,
+    overwrite: bool = False,
+) -> Any:
+    """Register a uniform estimator (decorator without ``obj``).
+
+    ``needs_values=True`` makes an algorithm that uses it ask for a critic (values [B, T]).
+    """
+
+    def add(fn: AdvantageFn) -> AdvantageFn:
+        fn.needs_values = needs_values  # type: ignore[attr-defined]
+        return ADVANTAGES.register(name, fn, overwrite=overwrite)
+
+    return add if obj is None else add(obj)
+
+
+def advantage_needs_values(name: str) -> bool:
+    """Whether the estimator registered (or loadable) as ``name`` reads critic values."""
+    return bool(getattr(ADVANTAGES.get(name), "needs_values", False))
+
+
+def group_index(group_ids: GroupIds, device: torch.device | None = None) -> tuple[Tensor, int]:
     """Map arbitrary group ids (ints, strings, …) to 0..G−1 indices."""
     if isinstance(group_ids, Tensor):
         _, idx = torch.unique(group_ids.to(device), return_inverse=True)
         return idx, int(idx.max()) + 1 if idx.numel() else 0
-    table: dict[Any, int] = {}
-    idx = [table.setdefault(g, len(table)) for g in group_ids]
-    return torch.tensor(idx, dtype=torch.long, device=device), len(table)
+    idx = torch.empty(len(group_ids), dtype=torch.long)
+    table = groups(group_ids)
+    for g, rows in enumerate(table.values()):
+        idx[rows] = g
+    return idx.to(device), len(table)
+
+
+_group_index = group_index
+
+
+@torch.no_grad()
+def group_mean(x: Tensor, group_ids: GroupIds) -> Tensor:
+    """[N]: each row gets the mean of x over its group."""
+    idx, n = group_index(group_ids, x.device)
+    total = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, idx, x)
+    size = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, idx, torch.ones_like(x))
+    return (total / size)[idx]
 
 
 def _group_stats(scores: Tensor, idx: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -46,7 +104,6 @@ def _as_float(x: Tensor) -> Tensor:
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 
-@register_advantage("group")
 @torch.no_grad()
 def group_advantages(
     scores: Tensor, group_ids: GroupIds, scale: str = "std", eps: float = 1e-6
@@ -68,7 +125,6 @@ def group_advantages(
     return torch.where(same, torch.zeros_like(adv), adv)
 
 
-@register_advantage("rloo")
 @torch.no_grad()
 def rloo_advantages(scores: Tensor, group_ids: GroupIds) -> Tensor:
     """REINFORCE leave-one-out: r_i − mean_{j≠i} r_j (unbiased baseline); a group of 1 → 0."""
@@ -112,7 +168,6 @@ def whiten(
     return (out * mask.to(torch.float64)).to(x.dtype)
 
 
-@register_advantage("gae")
 @torch.no_grad()
 def gae(
     token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
@@ -152,7 +207,6 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) 
     return out
 
 
-@register_advantage("reinforce_pp")
 @torch.no_grad()
 def reinforce_pp_advantages(
     token_rewards: Tensor,
@@ -166,3 +220,77 @@ def reinforce_pp_advantages(
     """
     returns = discounted_returns(token_rewards, mask, gamma)
     return whiten(returns, mask, moments=moments)
+
+
+# ---------------------------------------------------------------------------------------------
+# The uniform registry entries: (scores, token_rewards, values, mask, group_ids, cfg) → (A, R).
+# scores [B] is each row's sequence reward and token_rewards [B, T] the same reward per token
+# (the score at the last valid token, minus β·KL per token when the KL is in the reward);
+# values [B, T] come from a critic (None without one). A is per token; R is the critic's
+# target (outcome estimators return A itself, as there is no value to add).
+# ---------------------------------------------------------------------------------------------
+
+
+def _need_groups(name: str, group_ids: GroupIds | None) -> GroupIds:
+    if group_ids is None:
+        raise ValueError(f"advantage '{name}' compares samples of one prompt: needs group ids")
+    return group_ids
+
+
+@register_advantage("group")
+def group_estimator(
+    scores: Tensor,
+    token_rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    group_ids: GroupIds | None,
+    cfg: AdvantageConfig,
+) -> tuple[Tensor, Tensor]:
+    """GRPO / Dr.GRPO: :func:`group_advantages` on the sequence rewards, on every token."""
+    ids = _need_groups("group", group_ids)
+    a = broadcast_to_tokens(group_advantages(scores, ids, cfg.scale, cfg.eps), mask)
+    return a, a
+
+
+@register_advantage("rloo")
+def rloo_estimator(
+    scores: Tensor,
+    token_rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    group_ids: GroupIds | None,
+    cfg: AdvantageConfig,
+) -> tuple[Tensor, Tensor]:
+    """RLOO: :func:`rloo_advantages` on the sequence rewards, on every token."""
+    a = broadcast_to_tokens(rloo_advantages(scores, _need_groups("rloo", group_ids)), mask)
+    return a, a
+
+
+@register_advantage("gae", needs_values=True)
+def gae_estimator(
+    scores: Tensor,
+    token_rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    group_ids: GroupIds | None,
+    cfg: AdvantageConfig,
+) -> tuple[Tensor, Tensor]:
+    """PPO: :func:`gae` on the token rewards and critic values; A whitened when cfg.whiten."""
+    if values is None:
+        raise ValueError("advantage 'gae' needs critic values (the batch has no 'values')")
+    adv, returns = gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
+    return (whiten(adv, mask) if cfg.whiten else adv), returns
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp_estimator(
+    scores: Tensor,
+    token_rewards: Tensor,
+    values: Tensor | None,
+    mask: Tensor,
+    group_ids: GroupIds | None,
+    cfg: AdvantageConfig,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++: :func:`reinforce_pp_advantages` on the token rewards (no critic)."""
+    a = reinforce_pp_advantages(token_rewards, mask, cfg.gamma)
+    return a, a

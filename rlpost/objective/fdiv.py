@@ -6,8 +6,9 @@ Everything is computed from log t, clamped, so no ratio overflows.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlpost.groups import groups
+from rlpost.objective.advantages import GroupIds, group_index
 from rlpost.objective.aggregate import Count, safe_div
 from rlpost.registry import Registry
 
@@ -59,6 +62,25 @@ def log_mean_exp(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def group_log_z(policy_logp: Tensor, target_logp: Tensor, group_ids: GroupIds) -> Tensor:
+    """[N] importance-sampling log Z(x) per prompt: each row gets its group's
+    logmeanexp(log P − log π), the samples of one prompt x being the group.
+
+    The target p(y|x) = P(y|x)/Z(x) is conditional, so Z is a function of the prompt: one
+    batch-wide Z mis-weights every f-divergence except reverse KL (whose f′ only shifts by a
+    per-prompt constant, which the per-prompt baseline removes).
+    """
+    x = target_logp.detach().to(policy_logp.dtype) - policy_logp.detach()
+    idx, n = group_index(group_ids, x.device)
+    peak = torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device)
+    peak = peak.scatter_reduce(0, idx, x, "amax")
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, idx, (x - peak[idx]).exp())
+    size = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, idx, torch.ones_like(x))
+    return (total.log() + peak - size.log())[idx]
+
+
+@torch.no_grad()
 def f_divergence_weights(
     policy_logp: Tensor,
     target_logp: Tensor,
@@ -69,15 +91,27 @@ def f_divergence_weights(
     """Per-sequence pseudo-rewards f′(t_y) and the log Z used (IS estimate when not given).
 
     ``target_logp`` is the unnormalised log P(y) (e.g. log π_ref(y) + r(y)/β); samples come
-    from π, so Z ≈ mean P(y)/π(y).
+    from π, so Z ≈ mean P(y)/π(y). ``log_z`` is a float (one target) or a per-row tensor [N]
+    (a conditional target: :func:`group_log_z`); None = one IS estimate over all rows.
     """
     div = F_DIVERGENCES.get(divergence) if isinstance(divergence, str) else divergence
     pl, tl = policy_logp.detach(), target_logp.detach().to(policy_logp.dtype)
     if log_z is None:
         log_z = log_mean_exp(tl - pl)
     log_z = torch.as_tensor(log_z, dtype=pl.dtype, device=pl.device)
+    if log_z.dim() and log_z.shape != pl.shape:
+        raise ValueError(f"log_z has shape {tuple(log_z.shape)}, rows have {tuple(pl.shape)}")
     log_t = (pl - tl + log_z).clamp(-clamp, clamp)
     return div.fprime(log_t), log_z
+
+
+def _ema_log_z(old: float | None, new: float, momentum: float) -> float:
+    """log(m·Z_old + (1 − m)·Z_new), the first estimate taken as is."""
+    if old is None or momentum == 0:
+        return new
+    a = torch.tensor(math.log(momentum) + old, dtype=torch.float64)
+    b = torch.tensor(math.log1p(-momentum) + new, dtype=torch.float64)
+    return float(torch.logaddexp(a, b))
 
 
 class LogZTracker:
@@ -95,19 +129,7 @@ class LogZTracker:
 
     def update(self, batch_log_z: float | Tensor) -> float:
         """Fold one batch estimate in; the first estimate is taken as is."""
-        new = float(batch_log_z)
-        if self.log_z is None:
-            self.log_z = new
-        elif self.momentum > 0:
-            m = self.momentum
-            self.log_z = float(
-                torch.logaddexp(
-                    torch.tensor(math.log(m) + self.log_z, dtype=torch.float64),
-                    torch.tensor(math.log1p(-m) + new, dtype=torch.float64),
-                )
-            )
-        else:
-            self.log_z = new
+        self.log_z = _ema_log_z(self.log_z, float(batch_log_z), self.momentum)
         return self.log_z
 
     @property
@@ -122,6 +144,43 @@ class LogZTracker:
         self.momentum = float(state.get("momentum", self.momentum))
 
 
+def prompt_key(prompt: Any) -> str:
+    """A short stable key for a prompt (text or chat messages): keeps tracker state small."""
+    return hashlib.blake2b(str(prompt).encode(), digest_size=8).hexdigest()
+
+
+class PromptLogZTracker:
+    """Per-prompt moving average of Z(x), in log space (averaged on Z, as :class:`LogZTracker`).
+
+    Z(x) belongs to the target, not to the policy, so every visit of x estimates the same
+    number: folding the estimates of later visits in lowers the variance, and a prompt sampled
+    once (a group of one, whose own estimate makes t = 1) can fall back on earlier visits.
+    """
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError("momentum must be in [0, 1)")
+        self.momentum = momentum
+        self.table: dict[str, float] = {}
+
+    def update(self, keys: Sequence[str], row_log_z: Tensor) -> Tensor:
+        """Fold each key's estimate (its rows share one, e.g. :func:`group_log_z`) into its
+        average; returns the averaged log Z per row."""
+        out = row_log_z.detach().clone()
+        for key, rows in groups(keys).items():
+            value = _ema_log_z(self.table.get(key), float(row_log_z[rows[0]]), self.momentum)
+            self.table[key] = value
+            out[rows] = value
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"table": dict(self.table), "momentum": self.momentum}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.table = dict(state.get("table", {}))
+        self.momentum = float(state.get("momentum", self.momentum))
+
+
 def fdpg_loss(
     policy_seq_logp: Tensor,
     weights: Tensor,
@@ -131,10 +190,11 @@ def fdpg_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ sg(f′ − b)·log π(y) / N; b = batch mean of f′ (a baseline changes no expectation).
 
-    Pass the global ``num_seqs`` (and a global ``baseline``) under data parallelism.
+    ``baseline`` may be a float or per-row [N] (f-DPG's per-prompt mean of f′). Pass the
+    global ``num_seqs`` (and baselines computed on the whole batch) under data parallelism.
     """
     w = weights.detach().to(policy_seq_logp.dtype)
     b = w.mean() if baseline is None else torch.as_tensor(baseline, dtype=w.dtype, device=w.device)
     n = policy_seq_logp.shape[-1] if num_seqs is None else num_seqs
     loss = safe_div(((w - b) * policy_seq_logp).sum(), n)
-    return loss, {"fdpg_baseline": b.detach(), "fdpg_weight_mean": w.mean()}
+    return loss, {"fdpg_baseline": b.detach().mean(), "fdpg_weight_mean": w.mean()}

@@ -55,6 +55,13 @@ def kl_estimate(
     return KL_ESTIMATORS.get(kind)(d)
 
 
+def sequence_kl(
+    logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: str = "k3", clamp: float | None = 20.0
+) -> Tensor:
+    """[B] per-sequence KL estimate Σ_t m·k_t: the quantity the adaptive controller steers."""
+    return (kl_estimate(logp, ref_logp, kind, clamp) * mask.to(logp.dtype)).sum(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # KL coefficient controllers.
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +69,7 @@ def kl_estimate(
 
 class KLController(Protocol):
     value: float
+    unit: str  # what ``n_steps`` counts: 'samples' (adaptive) or optimizer 'steps'
 
     def update(self, observed_kl: float | Tensor | None = None, n_steps: int = 1) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -74,6 +82,8 @@ KL_CONTROLLERS: Registry[Callable[..., KLController]] = Registry("KL controller"
 @KL_CONTROLLERS.register("fixed")
 class FixedKL:
     """β constant (GRPO, DPO-style regularisation)."""
+
+    unit = "steps"
 
     def __init__(self, beta: float = 0.04) -> None:
         self.value = float(beta)
@@ -91,7 +101,13 @@ class FixedKL:
 
 @KL_CONTROLLERS.register("adaptive")
 class AdaptiveKL:
-    """Ziegler et al. 2019: steer β so the observed KL tracks a target."""
+    """Ziegler et al. 2019: steer β so the observed KL tracks a target.
+
+    Units as in the paper: ``observed_kl`` is the mean per-sequence KL (summed over tokens),
+    ``n_steps`` the number of samples in the batch and ``horizon`` counts samples too.
+    """
+
+    unit = "samples"
 
     def __init__(self, init: float = 0.2, target: float = 6.0, horizon: int = 10000) -> None:
         if target <= 0 or horizon <= 0:
@@ -133,6 +149,8 @@ class ScheduleKL:
     shape ``linear`` / ``cosine`` interpolate over the remaining steps; ``step`` jumps to
     ``end`` right after the warm-up. ``update`` advances the step counter by n_steps.
     """
+
+    unit = "steps"
 
     def __init__(
         self,
@@ -208,10 +226,18 @@ def kl_penalty_in_reward(
     """Token rewards −β·k per valid token, plus the score at each row's last valid token."""
     logp, ref_logp = _upcast(logp), _upcast(ref_logp)
     rewards = -beta * kl_estimate(logp, ref_logp, kind, clamp) * mask.to(logp.dtype)
+    return rewards + score_at_last_token(scores, mask, rewards.dtype)
+
+
+@torch.no_grad()
+def score_at_last_token(scores: Tensor, mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """[B, T] token rewards holding each row's score at its last valid token, 0 elsewhere."""
+    dtype = dtype or torch.promote_types(scores.dtype, torch.float32)
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     last = last_token_index(mask)
     rows = torch.nonzero(last >= 0).squeeze(-1)  # empty rows get no score (nowhere to put it)
-    rewards[rows, last[rows]] += scores.to(rewards.dtype)[rows]
-    return rewards
+    out[rows, last[rows]] = scores.to(out.dtype)[rows]
+    return out
 
 
 def kl_loss(

@@ -1,14 +1,19 @@
-"""Token-level losses: clipped policy gradient, clipped value loss, SFT and KD terms."""
+"""Token-level losses: policy-gradient surrogates (a registry), clipped value loss, SFT and KD."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from rlpost.objective.aggregate import Count, aggregate, masked_mean
 from rlpost.objective.kl import kl_estimate
+from rlpost.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0
+DEFAULT_DUAL_CLIP = 3.0  # Ye et al. 2020's c for the 'dual_clip' policy loss when none is set
 
 
 def sequence_logp(logp: Tensor, mask: Tensor) -> Tensor:
@@ -117,3 +122,86 @@ def kd_loss(
     k = kl_estimate(logp, teacher_logp.detach(), kind, clamp)
     loss = beta * aggregate(k, mask, agg, num_tokens, num_seqs, max_len)
     return loss, {"kd_kl": masked_mean(k.detach(), mask)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy losses, one signature: (logp, old_logp, advantages, mask, cfg, counts) → (loss, metrics).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """The knobs a policy loss may read (each reads only its own)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None  # 'clipped': off when None; 'dual_clip': 3.0 when None
+    agg: str = "token-mean"
+
+
+PolicyLossFn = Callable[
+    [Tensor, Tensor, Tensor, Tensor, PolicyLossConfig, dict], tuple[Tensor, dict[str, Tensor]]
+]
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+register_policy_loss = POLICY_LOSSES.register
+
+
+@register_policy_loss("clipped")
+def _clipped(
+    logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig, counts: dict
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate (dual clip too when cfg.dual_clip is set)."""
+    return clipped_pg_loss(
+        logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.agg, **counts
+    )
+
+
+@register_policy_loss("dual_clip")
+def _dual_clip(
+    logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig, counts: dict
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Dual-clip PPO (Ye et al. 2020): negative-advantage losses bounded by −c·A."""
+    c = cfg.dual_clip or DEFAULT_DUAL_CLIP
+    return clipped_pg_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, c, cfg.agg, **counts)
+
+
+def _pg_metrics(logp: Tensor, old: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return {
+        "clip_frac": zero,
+        "approx_kl": masked_mean(kl_estimate(logp.detach(), old.detach(), "k3"), mask),
+    }
+
+
+@register_policy_loss("reinforce")
+def _reinforce(
+    logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig, counts: dict
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Vanilla policy gradient −A·log π: on-policy only (no ratio, no clip)."""
+    a = _token_advantages(adv, logp).detach()
+    loss = aggregate(-a * logp, mask, cfg.agg, **counts)
+    return loss, _pg_metrics(logp, old, mask)
+
+
+@register_policy_loss("importance_weighted")
+def _importance_weighted(
+    logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig, counts: dict
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """−ρ·A with the unclipped per-token ratio ρ = π/π_old: unbiased off-policy, unbounded."""
+    a = _token_advantages(adv, logp).detach()
+    ratio = torch.exp((logp - old.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    loss = aggregate(-a * ratio, mask, cfg.agg, **counts)
+    return loss, _pg_metrics(logp, old, mask)
+
+
+def policy_loss(
+    name: str,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig,
+    counts: dict | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The policy loss registered as ``name``; ``counts`` = global num_tokens/num_seqs/max_len."""
+    return POLICY_LOSSES.get(name)(logp, old_logp, advantages, mask, cfg, counts or {})

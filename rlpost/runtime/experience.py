@@ -8,6 +8,7 @@ import ray
 import torch
 
 from rlpost.batch import Batch, build_sequences
+from rlpost.groups import group_ids_for
 
 
 class RewardOutputError(RuntimeError):
@@ -60,13 +61,14 @@ class ActorExperience:
         extra = [k for k in prompts[0] if k not in ("prompt_ids",)] if prompts else []
         cols = {k: [] for k in extra}
         completion, group, version, finish = [], [], [], []
+        ids = group_ids_for(self.step, len(prompts))
         for gi, (row, samples) in enumerate(zip(prompts, out)):
             for s in samples:
                 p_ids.append(row["prompt_ids"])
                 r_ids.append(s["token_ids"])
                 r_lps.append(s["logprobs"])
                 completion.append(s["text"])
-                group.append(self.step * 100_000 + gi)
+                group.append(ids[gi])
                 version.append(s["version"])
                 finish.append(s["finish_reason"])
                 for k in extra:
@@ -114,7 +116,7 @@ class ActorExperience:
             system_prompt=d.system_prompt,
             max_len=self.cfg.rollout.max_model_len,
         )
-        batch.columns["group_id"] = [self.step * 100_000 + i // n for i in range(len(rows))]
+        batch.columns["group_id"] = group_ids_for(self.step, len(prompts), n)
         batch.columns["policy_version"] = [self.policy_version] * len(rows)
         return batch
 

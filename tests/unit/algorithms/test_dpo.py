@@ -12,6 +12,7 @@ from algorithms.base import build_algorithm
 from algorithms.dpo import best_worst_pairs, real_pairs
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError
+from rlpost.groups import group_ids_for
 
 
 def log_sigmoid(x: float) -> float:
@@ -29,15 +30,14 @@ class FakeExp:
 
     def generate(self, prompts, n):
         self.generated += 1
-        p_ids, r_ids, groups = [], [], []
-        for gi, (p, outs) in enumerate(zip(prompts, self.responses)):
+        p_ids, r_ids = [], []
+        for p, outs in zip(prompts, self.responses):
             assert len(outs) == n
             for r in outs:
                 p_ids.append(p["prompt_ids"])
                 r_ids.append(r)
-                groups.append(self.step * 100_000 + gi)
         batch = build_sequences(p_ids, r_ids, [[-1.0] * len(r) for r in r_ids])
-        batch["group_id"] = groups
+        batch["group_id"] = group_ids_for(self.step, len(prompts), n)
         batch["completion"] = [str(r) for r in r_ids]
         return batch
 

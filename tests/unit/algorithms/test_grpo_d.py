@@ -67,10 +67,11 @@ def test_schedule_beta_per_step_in_metrics_and_meta(make_cfg, step, beta):
     metrics = algo.prepare(batch)
     assert metrics["kl/beta"] == pytest.approx(beta)
     assert batch.meta["kl_beta"] == pytest.approx(beta)
-    # group advantages as GRPO: group 0 = (1, 0) → ±1/std = ±0.7071; group 1 ties → 0
-    torch.testing.assert_close(
-        batch["advantages"], torch.tensor([0.70710, -0.70710, 0.0, 0.0]), atol=1e-4, rtol=0
-    )
+    # group advantages as GRPO: group 0 = (1, 0) → ±1/std = ±0.7071; group 1 ties → 0,
+    # on both response tokens, 0 on the prompt token
+    seq = torch.tensor([0.70710, -0.70710, 0.0, 0.0])
+    expect = seq.unsqueeze(-1) * torch.tensor([0.0, 1.0, 1.0])
+    torch.testing.assert_close(batch["advantages"], expect, atol=1e-4, rtol=0)
 
 
 def test_cosine_shape_from_config(make_cfg):

@@ -32,7 +32,9 @@ def test_grpo_prepare_and_loss_by_hand(make_cfg):
     m = algo.prepare(b)
     # group 0: mean 0.5, unbiased std 0.7071 -> ±0.7071; group 1 identical -> 0
     s = 1 / math.sqrt(0.5)
-    assert torch.allclose(b["advantages"], torch.tensor([0.5 * s, -0.5 * s, 0.0, 0.0]), atol=1e-5)
+    seq = torch.tensor([0.5 * s, -0.5 * s, 0.0, 0.0])  # on the response token, 0 on the prompt
+    assert torch.allclose(b["advantages"][:, 1], seq, atol=1e-5)
+    assert (b["advantages"][:, 0] == 0).all()
     assert m["kl/beta"] == 0.5 and b.meta["kl_beta"] == 0.5
     # logp = old + 0.1 on row 0 (ratio e^0.1 = 1.105 inside the clip), ref = 0
     logp = torch.zeros(4, 2)
@@ -87,6 +89,8 @@ def test_ppo_prepare_gae_with_kl_in_reward_by_hand(make_cfg):
             "algorithm.name=ppo",
             "algorithm.advantage=gae",
             "algorithm.kl.beta=0.1",
+            "algorithm.kl.placement=in_reward",
+            "algorithm.kl.estimator=k1",
             "algorithm.lam=1.0",
         )
     )

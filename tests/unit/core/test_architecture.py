@@ -81,7 +81,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[
         ("rlpost.objective",),
         (),
         ("rlpost", "algorithms", "rewards", "envs"),
-        ("rlpost.objective", "rlpost.registry"),
+        ("rlpost.objective", "rlpost.registry", "rlpost.groups"),
     ),
     (
         "The runtime knows actors, never algorithms",

@@ -54,7 +54,6 @@ def test_bare_on_off_read_as_yaml_booleans_still_mean_on_off(tmp_path):
         (["learner.mini_batch_size=5"], "learner.mini_batch_size: 5 does not divide"),
         (["trainer.steps=0"], "trainer.steps: must be >= 1"),
         (["model.path=/no/such/model"], "model.path: model not found: /no/such/model"),
-        (["algorithm.name=ppo", "algorithm.advantage=group"], "algorithm.advantage: ppo needs gae"),
         (["placement.mode=colocate"], "placement.mode: colocate needs GPUs"),
     ],
 )

@@ -5,6 +5,8 @@ import torch
 
 from rlpost.objective import (
     ADVANTAGES,
+    AdvantageConfig,
+    advantage_needs_values,
     broadcast_to_tokens,
     discounted_returns,
     gae,
@@ -13,6 +15,7 @@ from rlpost.objective import (
     register_advantage,
     reinforce_pp_advantages,
     rloo_advantages,
+    score_at_last_token,
     whiten,
 )
 
@@ -115,11 +118,42 @@ def test_whiten_global_moments_and_empty_mask():
     assert torch.allclose(no_shift, x[:1] / (2.0 / 3.0 + 1e-8) ** 0.5)
 
 
-def test_advantage_registry():
+def test_advantage_registry_one_signature():
     assert {"group", "rloo", "gae", "reinforce_pp"} <= set(ADVANTAGES)
+    assert [n for n in ADVANTAGES if advantage_needs_values(n)] == ["gae"]
 
     @register_advantage("test_raw", overwrite=True)
-    def raw(scores, group_ids):
-        return scores
+    def raw(scores, token_rewards, values, mask, group_ids, cfg):
+        return token_rewards, token_rewards
 
-    assert ADVANTAGES.get("test_raw") is raw
+    assert ADVANTAGES.get("test_raw") is raw and not advantage_needs_values("test_raw")
+
+
+def test_uniform_entries_match_the_math_functions():
+    """(scores, token_rewards, values, mask, group_ids, cfg) → (A [B, T], R [B, T]) per name."""
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=D)
+    scores = torch.tensor([1.0, 0.0, 2.0, 5.0], dtype=D)
+    ids = [0, 0, 1, 1]
+    tok = score_at_last_token(scores, mask)
+    # the score sits on each row's last valid token: columns 2, 1, 2, 2
+    assert torch.equal(tok, torch.tensor([[0, 0, 1], [0, 0, 0], [0, 0, 2], [0, 0, 5]], dtype=D))
+    values = torch.full((4, 3), 0.5, dtype=D)
+    cfg = AdvantageConfig(gamma=0.9, lam=0.8, scale="none")
+    call = {n: ADVANTAGES.get(n)(scores, tok, values, mask, ids, cfg) for n in ADVANTAGES.names()}
+    a, r = call["group"]
+    # Dr.GRPO: (1, 0) → ±0.5; (2, 5) → ∓1.5, on every valid token
+    assert torch.equal(a, torch.tensor([0.5, -0.5, -1.5, 1.5], dtype=D).unsqueeze(-1) * mask)
+    assert torch.equal(r, a)
+    a, _ = call["rloo"]
+    assert torch.equal(a, torch.tensor([1.0, -1.0, -3.0, 3.0], dtype=D).unsqueeze(-1) * mask)
+    a, r = call["gae"]
+    raw_a, raw_r = gae(tok, values, mask, 0.9, 0.8)
+    assert torch.allclose(a, whiten(raw_a, mask)) and torch.equal(r, raw_r)
+    a, _ = call["reinforce_pp"]
+    assert torch.allclose(a, reinforce_pp_advantages(tok, mask, 0.9))
+    plain = ADVANTAGES.get("gae")(scores, tok, values, mask, ids, AdvantageConfig(whiten=False))
+    assert torch.equal(plain[0], gae(tok, values, mask, 1.0, 0.95)[0])
+    with pytest.raises(ValueError, match="needs critic values"):
+        ADVANTAGES.get("gae")(scores, tok, None, mask, ids, cfg)
+    with pytest.raises(ValueError, match="needs group ids"):
+        ADVANTAGES.get("rloo")(scores, tok, None, mask, None, cfg)

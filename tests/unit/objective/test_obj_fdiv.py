@@ -9,8 +9,11 @@ from rlpost.objective import (
     F_DIVERGENCES,
     FDivergence,
     LogZTracker,
+    PromptLogZTracker,
     f_divergence_weights,
     fdpg_loss,
+    group_log_z,
+    prompt_key,
     register_divergence,
 )
 
@@ -126,3 +129,49 @@ def test_divergence_registry():
     )
     w, _ = f_divergence_weights(torch.zeros(1), torch.zeros(1), "test_sq", log_z=math.log(2.0))
     assert w.item() == pytest.approx(2.0)  # t = 2 → 2(t − 1)
+
+
+def test_group_log_z_per_prompt_by_hand():
+    # prompt 7: P/π = (2, 8) → Z = 5; prompt 3: P/π = (e^1,) → log Z = 1; prompt 7 again last
+    pol = torch.log(torch.tensor([0.5, 1.0, 0.25], dtype=D))
+    tgt = torch.tensor([0.0, 1.0, math.log(2.0)], dtype=D)
+    got = group_log_z(pol, tgt, [7, 3, 7])
+    assert torch.allclose(got, torch.tensor([math.log(5.0), 1.0, math.log(5.0)], dtype=D))
+    # string and tensor ids group the same way; huge log-ratios stay finite (max-shifted)
+    assert torch.allclose(group_log_z(pol, tgt, ["a", "b", "a"]), got)
+    assert torch.allclose(group_log_z(pol, tgt, torch.tensor([7, 3, 7])), got)
+    big = group_log_z(torch.zeros(2, dtype=D), torch.tensor([1000.0, 1000.0], dtype=D), [0, 0])
+    assert torch.allclose(big, torch.tensor([1000.0, 1000.0], dtype=D))
+
+
+def test_weights_take_a_per_row_log_z():
+    pol = torch.tensor([-1.0, -2.0, -0.5], dtype=D)
+    tgt = torch.tensor([-1.0, -1.0, -1.5], dtype=D)
+    log_z = torch.tensor([0.0, 1.0, -1.0], dtype=D)
+    w, used = f_divergence_weights(pol, tgt, "reverse_kl", log_z=log_z)
+    # log t = log π − log P + log Z = (0, −1 + 1, 1 − 1) = (0, 0, 0) → 1 + log t = 1
+    assert torch.allclose(w, torch.ones(3, dtype=D)) and torch.equal(used, log_z)
+    with pytest.raises(ValueError, match="log_z has shape"):
+        f_divergence_weights(pol, tgt, "reverse_kl", log_z=torch.zeros(2, dtype=D))
+
+
+def test_per_row_baseline_in_fdpg_loss():
+    seq = torch.tensor([-1.0, -2.0, -3.0], dtype=D, requires_grad=True)
+    w = torch.tensor([1.0, 3.0, 5.0], dtype=D)
+    loss, m = fdpg_loss(seq, w, torch.tensor([2.0, 2.0, 5.0], dtype=D))
+    # ((1 − 2)(−1) + (3 − 2)(−2) + 0)/3 = −1/3
+    assert loss.item() == pytest.approx(-1 / 3)
+    assert m["fdpg_baseline"].item() == pytest.approx(3.0)
+
+
+def test_prompt_log_z_tracker_per_key():
+    t = PromptLogZTracker(momentum=0.5)
+    out = t.update(["a", "b", "a"], torch.tensor([0.0, 2.0, 0.0], dtype=D))
+    assert out.tolist() == [0.0, 2.0, 0.0]  # first visits taken as they are
+    out = t.update(["a"], torch.tensor([math.log(3.0)], dtype=D))
+    assert out.item() == pytest.approx(math.log(0.5 * 1 + 0.5 * 3))  # averaged on Z, per key
+    assert t.table["b"] == 2.0
+    fresh = PromptLogZTracker(0.5)
+    fresh.load_state_dict(t.state_dict())
+    assert fresh.table == t.table
+    assert prompt_key("x") == prompt_key("x") != prompt_key("y") and len(prompt_key("x")) == 16

@@ -13,6 +13,7 @@ from rlpost.objective import (
     kl_loss,
     kl_penalty_in_reward,
     register_kl_estimator,
+    sequence_kl,
 )
 
 D = torch.float64
@@ -75,6 +76,22 @@ def test_adaptive_controller_hand_values():
     c2 = kl_controller({"kind": "adaptive", "init": 1.0, "target": 6.0, "horizon": 100})
     c2.load_state_dict(state)
     assert c2.value == pytest.approx(0.104958)
+
+
+def test_controllers_say_what_n_steps_counts():
+    assert kl_controller("adaptive").unit == "samples"  # Ziegler et al.: horizon in samples
+    assert kl_controller("fixed").unit == kl_controller("schedule").unit == "steps"
+
+
+def test_sequence_kl_sums_tokens():
+    logp = torch.tensor([[-1.0, -1.0, -2.0], [-1.0, -3.0, -3.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.0, -1.5, -1.0], [-9.0, -2.0, -3.0]], dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]], dtype=torch.float64)
+    # k1 = logp − ref on valid tokens: row 0: 0.5 − 1 = −0.5; row 1: −1
+    assert sequence_kl(logp, ref, mask, "k1").tolist() == [-0.5, -1.0]
+    # k3 with d = ref − logp: row 0: (e^−0.5 + 0.5 − 1) + (e^1 − 1 − 1); row 1: e^1 − 2
+    k3 = [math.exp(-0.5) - 0.5 + math.e - 2, math.e - 2]
+    assert sequence_kl(logp, ref, mask, "k3").tolist() == pytest.approx(k3)
 
 
 def test_schedule_controller_hand_values():

@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from rlpost.objective import clipped_pg_loss, kd_loss, sequence_logp, sft_loss, value_loss
+from rlpost.objective import (
+    POLICY_LOSSES,
+    PolicyLossConfig,
+    clipped_pg_loss,
+    kd_loss,
+    policy_loss,
+    sequence_logp,
+    sft_loss,
+    value_loss,
+)
 
 D = torch.float64
 E20 = 485165195.4097903  # e^20: the ratio after clamping a log-ratio of +50 to +20
@@ -141,3 +150,24 @@ def test_sft_kd_and_sequence_logp_hand_values():
     # k1 = (0.5, −1) → mean −0.25
     assert kd_loss(logp, teacher, mask, kind="k1")[0].item() == pytest.approx(-0.25)
     assert kd_loss(logp, teacher, mask, num_tokens=4)[0].item() == pytest.approx(0.625 / 4)
+
+
+def test_policy_loss_registry_by_hand():
+    """The five (ρ, A) rows above through each registered policy loss (token-mean of 5)."""
+    old = torch.zeros(5, 1, dtype=D)
+    logp = torch.log(RATIOS).unsqueeze(1)
+    mask = torch.ones_like(old)
+    cfg = PolicyLossConfig()
+    got = {n: policy_loss(n, logp, old, ADV, mask, cfg)[0].item() for n in POLICY_LOSSES}
+    assert got["clipped"] == pytest.approx((-1.2 + 1.5 - 0.5 + 0.8 - 2.2) / 5)
+    # dual clip with the default c = 3: no −c·A = 3 bound is reached by 1.5 or 0.8
+    assert got["dual_clip"] == pytest.approx(got["clipped"])
+    # importance weighted −ρA: (−1.5 + 1.5 − 0.5 + 0.5 − 2.2)/5
+    assert got["importance_weighted"] == pytest.approx(-2.2 / 5)
+    # reinforce −A·log π: −(log 1.5 − log 1.5 + log 0.5 − log 0.5 + 2·log 1.1)/5
+    assert got["reinforce"] == pytest.approx(-2 * math.log(1.1) / 5)
+    # the dual clip bites at c = 1.2 on (1.5, −1): min(1.5, 1.2) = 1.2
+    low_c = PolicyLossConfig(dual_clip=1.2)
+    dual, m = policy_loss("dual_clip", logp, old, ADV, mask, low_c)
+    assert dual.item() == pytest.approx((-1.2 + 1.2 - 0.5 + 0.8 - 2.2) / 5)
+    assert m["dual_clip_frac"].item() == pytest.approx(1 / 5)
