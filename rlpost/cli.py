@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from rlpost.config import ConfigError, field_docs, load_config
+from rlpost.models import tiny
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -22,8 +23,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from rlpost.models import tiny
-
     out = tiny.build(args.preset, args.out, seed=args.seed)
     print(f"{args.preset} model ({tiny.num_params(out) / 1e6:.2f}M params) written to {out}")
     return 0
@@ -77,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     m = sub.add_parser("make-tiny", help="build a tiny random-init model + tokenizer offline")
-    m.add_argument("--preset", required=True, choices=["nano", "small", "rm-nano"])
+    m.add_argument("--preset", required=True, choices=list(tiny.PRESETS))
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_make_tiny)

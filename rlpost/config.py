@@ -96,8 +96,10 @@ class RolloutConfig:
     max_model_len: int = _f(1024, "vLLM max sequence length")
     sync_every: int = _f(1, "sync learner weights into the engines every k optimizer steps")
     sync_bucket_mb: int = _f(64, "weight-sync bucket size")
-    sync_transport: Literal["auto", "object_store", "nccl"] = _f(
-        "auto", "weight sync: Ray object store, or an NCCL broadcast group (split GPUs); auto picks"
+    sync_transport: Literal["auto", "collective", "ipc", "object_store"] = _f(
+        "auto",
+        "weight sync: collective (weight-update group: gloo on CPU, NCCL on GPU), ipc (CUDA IPC, "
+        "colocated GPUs) or Ray's object store (fallback); auto picks from where actors run",
     )
     verify_sync: bool = _f(False, "after each sync compare per-tensor checksums learner vs engines")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
