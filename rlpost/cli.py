@@ -58,6 +58,7 @@ PROVIDERS = [
     "rewards.server",
     "rlpost.commands.launch.cli",
     "rlpost.commands.bench",
+    "rlpost.commands.gpu_check",
     "rlpost.commands.evaluate",
     "rlpost.commands.sft",
     "rlpost.commands.rm",

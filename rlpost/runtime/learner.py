@@ -20,6 +20,7 @@ import torch
 
 from rlpost.batch import Batch
 from rlpost.config import Config
+from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
 from rlpost.runtime.weight_group import (
     SRC,
     Bucket,
@@ -150,7 +151,10 @@ class LearnerWorker:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         self.algo = None
-        return sum(p.numel() for p in model.parameters())
+        n = sum(p.numel() for p in model.parameters())
+        conf = model.config  # for perf/mfu on GPU
+        self.flops_arch = (n, conf.num_hidden_layers, conf.hidden_size)
+        return n
 
     # ------------------------------------------------------------------ forward
     def _forward(self, batch: Batch) -> torch.Tensor:
@@ -191,6 +195,7 @@ class LearnerWorker:
         sums: dict[str, float] = {}
         norms: list[float] = []
         n = 0
+        t0, flops = time.perf_counter(), 0.0
         for shard, cnt in zip(minibatches, counts):
             parts = shard.split(micro)
             for i, mb in enumerate(parts):
@@ -203,6 +208,8 @@ class LearnerWorker:
                     loss, metrics = algo.loss(out, mb, cnt)
                 self.engine.backward(loss * self.world, scale_wrt_gas=False)
                 self.engine.step()
+                seq = mb["attention_mask"]
+                flops += float(seq.sum()) * train_flops_per_token(*self.flops_arch, seq.shape[1])
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
@@ -215,6 +222,11 @@ class LearnerWorker:
         if norms:
             out_m["grad_norm"] = sum(norms) / len(norms)
         out_m["lr"] = float(self.engine.get_lr()[0])
+        peak, _ = device_peak()
+        if self.on_gpu and peak:  # MFU is a GPU figure; each rank's share of its own GPU
+            torch.cuda.synchronize()
+            out_m["perf/mfu"] = mfu(1.0, flops, time.perf_counter() - t0, peak)
+            out_m["perf/learner_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return out_m
 
     # ------------------------------------------------------------------ weights

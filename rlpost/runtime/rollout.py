@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
+import torch
 
 from rlpost.config import Config
 
@@ -175,6 +176,13 @@ class VLLMEngine:
         counts = self.llm.collective_rpc("rlpost_ipc_receive", args=(handles, wire_plan))
         return self._loaded(counts, expected, version)
 
+    def peak_memory_gb(self) -> float:
+        """Peak torch-reserved GPU memory of this engine's process (0 on CPU). vLLM's sleep-mode
+        pool allocates outside torch's caching allocator, so colocated engines under-report."""
+        if not torch.cuda.is_available():
+            return 0.0
+        return torch.cuda.max_memory_reserved() / 2**30
+
     def sleep(self) -> None:
         """Colocated GPUs: free weights and KV cache while the learners train."""
         self.llm.sleep(level=1)
@@ -262,6 +270,9 @@ class RolloutGroup:
     def ipc_receive(self, handles: bytes, wire_plan: list[dict], expected: int, version: int):
         ray.get([e.ipc_receive.remote(handles, wire_plan, expected, version) for e in self.engines])
         self.version = version
+
+    def peak_memory_gb(self) -> list[float]:
+        return ray.get([e.peak_memory_gb.remote() for e in self.engines])
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])
