@@ -529,6 +529,11 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
             "placement.mode: colocate needs GPUs (vLLM sleeps while learners train); "
             "use split on CPU"
         )
+    if r.sync_transport == "ipc" and (r.gpus_per_engine == 0 or lrn.gpus_per_rank == 0):
+        raise ConfigError(
+            "rollout.sync_transport: ipc (CUDA IPC) needs engines and learners on GPUs "
+            "(rollout.gpus_per_engine, learner.gpus_per_rank)"
+        )
     w = cfg.reward
     n_sources = len(w.functions) + (1 if w.models else 0) + len(w.remote)
     if w.weights and len(w.weights) != n_sources:

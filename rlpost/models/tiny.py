@@ -51,7 +51,7 @@ PRESETS = {
         896, 24, 14, 2, 4864, 4096, arch="qwen2", model_vocab=151936, dtype="bfloat16"
     ),
     # ~100M params, Llama-shaped: the size point of the weight-sync benchmark.
-    "llama-100m": Preset(768, 12, 12, 4, 2048, 4096, model_vocab=32000, tied=False),
+    "llama-100m": Preset(768, 12, 12, 4, 1536, 4096, model_vocab=32000, tied=False),
 }
 
 

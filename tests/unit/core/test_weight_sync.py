@@ -159,3 +159,13 @@ def test_impossible_transports_are_refused_naming_the_key():
         choose_transport("ipc", [CPU1], [CPU1])
     with pytest.raises(ConfigError, match="NCCL refuses two ranks on one device"):
         choose_transport("collective", [GPU_A], [GPU_A])
+
+
+def test_ipc_on_cpu_is_refused_before_any_actor_starts():
+    from pathlib import Path
+
+    from rlpost.config import load_config
+
+    recipe = Path(__file__).resolve().parents[3] / "launch/recipes/grpo_tiny.yaml"
+    with pytest.raises(ConfigError, match="rollout.sync_transport: ipc"):
+        load_config(recipe, ["rollout.sync_transport=ipc"])
