@@ -136,13 +136,15 @@ class VLLMEngine:
             results.append(samples)
         return {"samples": results, "seconds": time.time() - t0}
 
-    def _loaded(self, counts: list[int], expected: int | None, version: int) -> int:
-        """Every worker loaded what was sent, and versions only move forward (a stale sync that
-        arrives late must not overwrite newer weights)."""
+    def _stale(self, version: int) -> str:
+        """Versions only move forward: a sync that arrives late must not overwrite newer weights.
+        Checked before anything is loaded."""
         if version < self.version:
-            raise RuntimeError(
-                f"engine {self.index}: weights of version {version} after version {self.version}"
-            )
+            return f"engine {self.index}: weights of version {version} after version {self.version}"
+        return ""
+
+    def _loaded(self, counts: list[int], expected: int | None, version: int) -> int:
+        """Every worker loaded what was sent; then the engine serves ``version``."""
         if expected is not None and any(c != expected for c in counts):
             raise RuntimeError(f"engine {self.index}: loaded {counts} tensors, sent {expected}")
         self.llm.reset_prefix_cache()
@@ -150,6 +152,8 @@ class VLLMEngine:
         return counts[0]
 
     def load_weights(self, bucket_refs: list, version: int) -> int:
+        if stale := self._stale(version):
+            raise RuntimeError(stale)
         counts = self.llm.collective_rpc("rlpost_load_buckets", args=(bucket_refs,))
         return self._loaded(counts, None, version)
 
@@ -167,12 +171,18 @@ class VLLMEngine:
         return self.llm.collective_rpc("rlpost_group_init", args=args)
 
     def group_receive(self, wire_plan: list[dict], expected: int, version: int) -> int:
-        counts = self.llm.collective_rpc("rlpost_group_receive", args=(wire_plan,))
+        stale = self._stale(version)  # a stale sync is still received (the sender waits on
+        # every member) but not loaded
+        counts = self.llm.collective_rpc("rlpost_group_receive", args=(wire_plan, not stale))
+        if stale:
+            raise RuntimeError(stale)
         return self._loaded(counts, expected, version)
 
     def ipc_receive(
         self, handles: bytes, wire_plan: list[dict], expected: int, version: int
     ) -> int:
+        if stale := self._stale(version):
+            raise RuntimeError(stale)
         counts = self.llm.collective_rpc("rlpost_ipc_receive", args=(handles, wire_plan))
         return self._loaded(counts, expected, version)
 

@@ -86,8 +86,15 @@ class WeightSyncExtension:
         self._rlpost_group = WeightGroup(host, port, rank, world, self._rlpost_device(), timeout_s)
         return rank
 
-    def rlpost_group_receive(self, wire_plan: list[dict]) -> int:
-        return self._rlpost_reload(self._rlpost_group.receive(plan_from_wire(wire_plan)))
+    def rlpost_group_receive(self, wire_plan: list[dict], load: bool = True) -> int:
+        """Receive every bucket of the plan; ``load=False`` drains them (a refused, stale sync:
+        the sender still needs every member to take part in each broadcast)."""
+        stream = self._rlpost_group.receive(plan_from_wire(wire_plan))
+        if not load:
+            for _ in stream:
+                pass
+            return 0
+        return self._rlpost_reload(stream)
 
     # ------------------------------------------------------------------ CUDA IPC
     def rlpost_ipc_receive(self, handles: bytes, wire_plan: list[dict]) -> int:
