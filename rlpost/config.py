@@ -95,7 +95,7 @@ class RolloutConfig:
     enforce_eager: bool = _f(True, "skip graph capture/compile (fast start)")
     max_model_len: int = _f(1024, "vLLM max sequence length")
     sync_every: int = _f(1, "sync learner weights into the engines every k optimizer steps")
-    sync_bucket_mb: int = _f(64, "weight-sync bucket size")
+    sync_bucket_mb: float = _f(64.0, "weight-sync bucket size, MB (a larger tensor gets its own)")
     sync_transport: Literal["auto", "collective", "ipc", "object_store"] = _f(
         "auto",
         "weight sync: collective (weight-update group: gloo on CPU, NCCL on GPU), ipc (CUDA IPC, "

@@ -151,7 +151,7 @@ class LearnerWorker:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         self.algo = None
-        n = sum(p.numel() for p in model.parameters())
+        n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full
         conf = model.config  # for perf/mfu on GPU
         self.flops_arch = (n, conf.num_hidden_layers, conf.hidden_size)
         return n
@@ -230,7 +230,7 @@ class LearnerWorker:
         return out_m
 
     # ------------------------------------------------------------------ weights
-    def export_weights(self, bucket_mb: int) -> list:
+    def export_weights(self, bucket_mb: float) -> list:
         """Gather (ZeRO-3) and cut the HF state dict into safetensors buckets in the object store.
         Every rank must call this (the gather is collective); rank 0 returns the refs."""
         import deepspeed
@@ -460,7 +460,7 @@ class LearnerGroup:
             for k in results[0]
         }
 
-    def export_weights(self, bucket_mb: int) -> list:
+    def export_weights(self, bucket_mb: float) -> list:
         return ray.get([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
 
     def checksums(self, names: list[str]) -> dict[str, str]:
