@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -106,8 +107,11 @@ def learner_only(args: argparse.Namespace) -> int:
     del ref
     print(f"CPU fp32 reference loss on 2x64 tokens: {ref_loss:.5f} ({time.time() - t0:.1f}s)")
 
+    with socket.socket() as sock:  # a one-process torch.distributed world on a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29571")
+    os.environ.setdefault("MASTER_PORT", str(port))
     deepspeed.init_distributed(dist_backend="nccl")
     torch.cuda.set_device(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)

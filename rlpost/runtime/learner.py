@@ -222,10 +222,12 @@ class LearnerWorker:
         if norms:
             out_m["grad_norm"] = sum(norms) / len(norms)
         out_m["lr"] = float(self.engine.get_lr()[0])
-        peak, _ = device_peak()
-        if self.on_gpu and peak:  # MFU is a GPU figure; each rank's share of its own GPU
+        if self.on_gpu:  # MFU is a GPU figure; each rank's share of its own GPU
             torch.cuda.synchronize()
-            out_m["perf/mfu"] = mfu(1.0, flops, time.perf_counter() - t0, peak)
+            seconds, (peak, _) = time.perf_counter() - t0, device_peak()
+            out_m["perf/learner_tflops"] = flops / seconds / 1e12
+            if peak:  # an unknown GPU (no RLPOST_PEAK_TFLOPS) still gets achieved TFLOP/s
+                out_m["perf/mfu"] = mfu(1.0, flops, seconds, peak)
             out_m["perf/learner_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return out_m
 
