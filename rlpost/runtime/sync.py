@@ -35,32 +35,36 @@ def choose_transport(
     """(transport, why). ``*_devices`` are physical device ids ('cpu' on CPU) of each learner
     rank and each engine worker; learner rank 0 is ``learner_devices[0]``."""
     on_gpu = any(d != "cpu" for d in learner_devices + engine_devices)
-    shared = [d for d in engine_devices if d != "cpu" and d in learner_devices]
-    rank0_shared = on_gpu and learner_devices[0] in engine_devices
+    members = [learner_devices[0], *engine_devices]  # the weight-update group
+    # NCCL refuses two ranks of one communicator on one device; gloo on CPU does not care
+    collective_ok = not on_gpu or len(set(members)) == len(members)
+    all_shared = on_gpu and all(d in learner_devices for d in engine_devices)
     if requested == "object_store":
         return requested, "requested"
     if requested == "ipc":
-        if not on_gpu or len(shared) != len(engine_devices):
+        if not all_shared:
             raise ConfigError(
                 "rollout.sync_transport: ipc needs every engine on a learner rank's GPU "
                 "(placement.mode=colocate on GPUs)"
             )
         return "ipc", "requested"
     if requested == "collective":
-        if rank0_shared:
+        if not collective_ok:
             raise ConfigError(
-                "rollout.sync_transport: collective over NCCL needs the engines on other GPUs "
-                "than learner rank 0 (NCCL refuses two ranks on one device); use auto"
+                "rollout.sync_transport: collective over NCCL needs learner rank 0 and every "
+                "engine worker on a GPU of its own (NCCL refuses two ranks on one device); "
+                "use auto"
             )
         return "collective", "requested"
-    if on_gpu and shared and len(shared) == len(engine_devices):
+    if all_shared:
         return "ipc", "every engine shares a GPU with a learner rank"
-    if rank0_shared or shared:
-        return "object_store", (
-            "an engine shares a GPU with a learner rank but not all do; NCCL refuses two ranks "
-            "on one device, so the object store carries the weights"
-        )
-    return "collective", f"engines in their own processes ({'NCCL' if on_gpu else 'gloo'})"
+    if collective_ok:
+        return "collective", f"engines in their own processes ({'NCCL' if on_gpu else 'gloo'})"
+    return "object_store", (
+        "some GPU holds two members of the weight-update group and not every engine sits on a "
+        "learner's GPU; NCCL refuses two ranks on one device, so the object store carries the "
+        "weights"
+    )
 
 
 class WeightSync:

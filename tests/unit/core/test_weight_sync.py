@@ -136,14 +136,16 @@ def test_weight_group_over_gloo_delivers_every_bucket_to_every_member():
         assert all(torch.equal(got[rank][n], want[n]) for n in want), rank
 
 
-CPU1, GPU_A, GPU_B = "cpu", "GPU-a", "GPU-b"
+CPU1, GPU_A, GPU_B, GPU_C = "cpu", "GPU-a", "GPU-b", "GPU-c"
 
 
 @pytest.mark.parametrize(
     ("requested", "learners", "engines", "expected"),
     [
         ("auto", [CPU1, CPU1], [CPU1], "collective"),  # CPU: separate processes, gloo
-        ("auto", [GPU_A], [GPU_B, GPU_B], "collective"),  # split GPUs: NCCL
+        ("auto", [GPU_A], [GPU_B, GPU_C], "collective"),  # split GPUs: NCCL
+        ("auto", [GPU_A, GPU_B], [GPU_B, GPU_C], "collective"),  # rank 1's GPU is no member
+        ("auto", [GPU_A], [GPU_B, GPU_B], "object_store"),  # two engines on one GPU: no NCCL
         ("auto", [GPU_A, GPU_B], [GPU_A, GPU_B], "ipc"),  # colocated on every GPU
         ("auto", [GPU_A], [GPU_A], "ipc"),  # one GPU, split mode: NCCL cannot, IPC can
         ("auto", [GPU_A], [GPU_A, GPU_B], "object_store"),  # mixed: fallback, said so
