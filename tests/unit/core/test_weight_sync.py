@@ -113,7 +113,9 @@ def _member(rank: int, port: int, meta, bucket_bytes: int, q) -> None:
             )
         q.put((rank, None))
     else:
-        q.put((rank, {n: t.clone() for n, t in group.receive(plan)}))
+        # numpy arrays pickle by value; torch tensors would pass a shared-memory fd that dies
+        # with this process
+        q.put((rank, {n: t.numpy().copy() for n, t in group.receive(plan)}))
 
 
 def test_weight_group_over_gloo_delivers_every_bucket_to_every_member():
@@ -133,7 +135,7 @@ def test_weight_group_over_gloo_delivers_every_bucket_to_every_member():
     want = {n: torch.randn(s, generator=g) for n, _, s in meta}
     for rank in (1, 2):
         assert set(got[rank]) == set(want)
-        assert all(torch.equal(got[rank][n], want[n]) for n in want), rank
+        assert all(torch.equal(torch.from_numpy(got[rank][n]), want[n]) for n in want), rank
 
 
 CPU1, GPU_A, GPU_B, GPU_C = "cpu", "GPU-a", "GPU-b", "GPU-c"
