@@ -25,7 +25,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-
     out = tiny.build(args.preset, args.out, seed=args.seed)
     print(f"{args.preset} model ({tiny.num_params(out) / 1e6:.2f}M params) written to {out}")
     return 0
@@ -76,6 +75,7 @@ PROVIDERS = [
     "rewards.server",
     "rlpost.commands.launch.cli",
     "rlpost.commands.bench",
+    "rlpost.commands.gpu_check",
     "rlpost.commands.evaluate",
     "rlpost.commands.sft",
     "rlpost.commands.rm",
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     m = sub.add_parser("make-tiny", help="build a tiny random-init model + tokenizer offline")
-    m.add_argument("--preset", required=True, choices=["nano", "small", "rm-nano"])
+    m.add_argument("--preset", required=True, choices=list(tiny.PRESETS))
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_make_tiny)

@@ -104,9 +104,11 @@ class RolloutConfig:
     enforce_eager: bool = _f(True, "skip graph capture/compile (fast start)")
     max_model_len: int = _f(1024, "vLLM max sequence length")
     sync_every: int = _f(1, "sync learner weights into the engines every k optimizer steps")
-    sync_bucket_mb: int = _f(64, "weight-sync bucket size")
-    sync_transport: Literal["auto", "object_store", "nccl"] = _f(
-        "auto", "weight sync: Ray object store, or an NCCL broadcast group (split GPUs); auto picks"
+    sync_bucket_mb: float = _f(64.0, "weight-sync bucket size, MB (a larger tensor gets its own)")
+    sync_transport: Literal["auto", "collective", "ipc", "object_store"] = _f(
+        "auto",
+        "weight sync: collective (weight-update group: gloo on CPU, NCCL on GPU), ipc (CUDA IPC, "
+        "colocated GPUs) or Ray's object store (fallback); auto picks from where actors run",
     )
     verify_sync: bool = _f(False, "after each sync compare per-tensor checksums learner vs engines")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
@@ -580,6 +582,11 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         raise ConfigError(
             "placement.mode: colocate needs GPUs (vLLM sleeps while learners train); "
             "use split on CPU"
+        )
+    if r.sync_transport == "ipc" and (r.gpus_per_engine == 0 or lrn.gpus_per_rank == 0):
+        raise ConfigError(
+            "rollout.sync_transport: ipc (CUDA IPC) needs engines and learners on GPUs "
+            "(rollout.gpus_per_engine, learner.gpus_per_rank)"
         )
     w = cfg.reward
     n_sources = len(w.functions) + (1 if w.models else 0) + len(w.remote)

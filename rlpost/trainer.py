@@ -5,7 +5,7 @@
     → sync weights into the rollout engines → log → checkpoint
 
 Everything distributed hides behind RolloutGroup.generate, LearnerGroup.train_step and
-sync_weights.
+WeightSync.sync (rlpost/runtime/sync.py); actors start in rlpost/runtime/cluster.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
+from algorithms.base import build_algorithm
 from rlpost import checkpoint
 from rlpost.config import Config, ConfigError
+from rlpost.data import PromptSampler, load_prompts
+from rlpost.evaluation import evaluate_in_loop
 from rlpost.models.hf import load_tokenizer
+from rlpost.runtime.cluster import Actors, connect_ray, start_actors
+from rlpost.runtime.experience import ActorExperience
+from rlpost.runtime.frozen import check_same_tokenizer
 from rlpost.tracking import Timer, Tracker, setup_logging
 
 log = logging.getLogger("rlpost")
@@ -37,79 +42,14 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.trainer.output_dir) / name
 
 
-def connect_ray(cfg: Config) -> None:
-    """An existing cluster when ray.address / RAY_ADDRESS is set, else a local one."""
-    import os
-
-    if ray.is_initialized():
-        return
-    addr = cfg.placement.ray_address or os.environ.get("RAY_ADDRESS", "")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
-    if addr:
-        ray.init(address=addr, runtime_env=env, log_to_driver=True)
-    else:
-        kw: dict[str, Any] = {"include_dashboard": False, "runtime_env": env}
-        if cfg.placement.num_cpus:
-            kw["num_cpus"] = cfg.placement.num_cpus
-        ray.init(**kw)
-
-
-def sync_weights(
-    learners: Any,
-    rollout: Any,
-    version: int,
-    bucket_mb: int,
-    verify: bool = False,
-    transport: str = "object_store",
-) -> dict[str, float]:
-    """Learner → every engine. ``object_store``: gathered params streamed as safetensors buckets
-    (any device). ``nccl``: one broadcast group learner rank 0 → all vLLM workers (split GPUs).
-    With ``verify``, compare per-tensor checksums of every tensor the engines keep in checkpoint
-    layout (vLLM fuses q/k/v and repacks linear weights on CPU: those are covered by
-    ``rollout/logprob_diff``)."""
-    if transport == "nccl":
-        meta = learners.nccl_meta()
-        ray.get(rollout.nccl_receive(meta, version) + learners.nccl_broadcast())
-    else:
-        rollout.load_weights(learners.export_weights(bucket_mb), version)
-    if not verify:
-        return {}
-    names = learners.param_names()
-    mine = learners.checksums(names)
-    theirs = rollout.checksums(names)
-    compared = [n for n in names if all(n in t for t in theirs)]
-    bad = [n for n in compared if any(t[n] != mine[n] for t in theirs)]
-    return {"sync/checksummed": float(len(compared)), "sync/checksum_mismatch": float(len(bad))}
-
-
-def choose_transport(cfg: Config) -> str:
-    r = cfg.rollout
-    if r.sync_transport != "auto":
-        return r.sync_transport
-    split_gpus = (
-        cfg.placement.mode == "split" and r.gpus_per_engine > 0 and torch.cuda.is_available()
-    )
-    return "nccl" if split_gpus else "object_store"
-
-
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.run_dir = run_dir_for(cfg)
-        self.groups: list[Any] = []
-        self.placed = None
+        self.actors = Actors(learners=None)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from algorithms.base import build_algorithm
-        from rlpost.data import PromptSampler, load_prompts
-        from rlpost.runtime import placement
-        from rlpost.runtime.experience import ActorExperience
-        from rlpost.runtime.frozen import FrozenGroup, check_same_tokenizer
-        from rlpost.runtime.learner import LearnerGroup
-        from rlpost.runtime.reward import RewardGroup
-        from rlpost.runtime.rollout import RolloutGroup
-
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.run_dir / "train.log")
@@ -124,29 +64,11 @@ class Trainer:
 
         t0 = time.time()
         connect_ray(cfg)
-        groups = placement.default_groups(cfg, needs)
-        plan = placement.make_plan(cfg, groups)
-        placement.check_fits(plan)
-        self.placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
-        log.info("placement:\n%s", placement.describe(plan, self.placed))
-        self.rollout = RolloutGroup(cfg, cfg.model.path, self.placed) if needs.rollout else None
-        self.groups += [self.rollout] if self.rollout is not None else []
         objective = functools.partial(build_algorithm, cfg)  # each learner rank builds its loss
-        self.learners = LearnerGroup(cfg, "policy", self.placed, "learner", objective)
-        self.groups.append(self.learners)
-        self.critic = (
-            LearnerGroup(cfg, "critic", self.placed, "critic", objective) if needs.critic else None
-        )
-        self.reference = (
-            FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", self.placed)
-            if groups["reference"]
-            else None
-        )
-        self.teacher = (
-            FrozenGroup(cfg, cfg.teacher.path, "teacher", self.placed) if needs.teacher else None
-        )
-        self.reward = RewardGroup(cfg, self.placed) if needs.reward else None
-        self.groups += [g for g in (self.critic, self.reference, self.teacher, self.reward) if g]
+        self.actors = start_actors(cfg, needs, objective, self.actors)
+        act = self.actors
+        self.rollout, self.learners, self.critic = act.rollout, act.learners, act.critic
+        self.reference, self.teacher, self.reward = act.reference, act.teacher, act.reward
         self.exp = ActorExperience(
             cfg,
             self.tokenizer,
@@ -157,13 +79,6 @@ class Trainer:
             self.critic,
             self.learners,
         )
-        self.transport = choose_transport(cfg)
-        if self.transport == "nccl" and self.rollout is not None:
-            from rlpost.runtime.learner import free_port
-
-            host, port = self.learners.master_addr, free_port()  # rank 0 hosts the NCCL store
-            world = 1 + cfg.rollout.engines * cfg.rollout.tensor_parallel
-            ray.get(self.rollout.nccl_init(host, port) + self.learners.nccl_init(host, port, world))
         self.startup_s = time.time() - t0
         log.info(
             "actors up in %.1fs (policy %.2fM params)",
@@ -191,14 +106,8 @@ class Trainer:
         self.exp.policy_version = state["policy_version"]
         if self.reward is not None and state.get("reward"):
             self.reward.load_state_dict(state["reward"])
-        if self.rollout is not None:
-            sync_weights(
-                self.learners,
-                self.rollout,
-                self.exp.policy_version,
-                self.cfg.rollout.sync_bucket_mb,
-                transport=self.transport,
-            )
+        if self.actors.weight_sync is not None:
+            self.actors.weight_sync.sync(self.exp.policy_version)
         log.info("resumed from %s at step %d", path, self.step)
 
     def _save(self) -> None:
@@ -245,8 +154,6 @@ class Trainer:
                 metrics.update(timer.times)
                 metrics.update(self._batch_metrics(batch, exp, time.perf_counter() - t_step))
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
-                    from rlpost.evaluation import evaluate_in_loop
-
                     metrics.update(evaluate_in_loop(self))
                 tracker.log(self.step, metrics)
                 self._check_finite(metrics)
@@ -288,10 +195,7 @@ class Trainer:
 
     def _sync(self) -> dict[str, float]:
         self.exp.policy_version += 1
-        r = self.cfg.rollout
-        return sync_weights(
-            self.learners, self.rollout, self.exp.policy_version, r.sync_bucket_mb, r.verify_sync
-        )
+        return self.actors.weight_sync.sync(self.exp.policy_version, self.cfg.rollout.verify_sync)
 
     def _batch_metrics(self, batch: Any, exp: Any, step_s: float) -> dict[str, float]:
         mask = batch["response_mask"]
@@ -321,17 +225,7 @@ class Trainer:
             raise FloatingPointError(f"step {self.step}: non-finite metrics {bad}")
 
     def shutdown(self) -> None:
-        for g in reversed(self.groups):
-            try:
-                g.shutdown()
-            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
-                log.warning("shutdown of %s failed: %s", type(g).__name__, e)
-        self.groups = []
-        if self.placed is not None:
-            try:
-                self.placed.remove()
-            except Exception:  # noqa: BLE001
-                pass
+        self.actors.shutdown()
 
 
 def train(cfg: Config) -> Path:

@@ -1,6 +1,8 @@
 """`rlpost bench`: s/step on the anchor config with a per-phase breakdown, the pure generation
 time of the same samples, and (when TRL is installed) TRL's GRPOTrainer on the same model and
 prompts — side by side, in one run, because this machine's timings drift between runs.
+`rlpost bench --sync small,llama-100m`: weight-sync seconds of the object store and the
+collective transport on the same actors, per model size.
 
 A benchmark script prints a report; no test asserts on time.
 """
@@ -173,12 +175,96 @@ def report(ours: dict, trl: dict | None, device: str) -> str:
     return "\n".join(lines)
 
 
+def run_sync(presets: list[str], reps: int, overrides: list[str]) -> list[dict]:
+    """Seconds per weight sync, object store vs collective group, on the same actors: one
+    learner rank and one engine per model, the two transports interleaved so load drift on a
+    shared machine hits both alike. Every sync is verified (checksums) at the end."""
+    import dataclasses
+
+    import ray
+
+    from algorithms.base import Needs
+    from rlpost.config import load_config
+    from rlpost.runtime.cluster import start_actors
+    from rlpost.runtime.sync import WeightSync
+
+    out = []
+    for preset in presets:
+        cfg = load_config(
+            ANCHOR, [f"model.path=tiny:{preset}", "rollout.sync_transport=object_store", *overrides]
+        )
+        needs = Needs(reward=False)
+        actors = start_actors(cfg, needs, use_ref=False)
+        try:
+            store = actors.weight_sync
+            coll_cfg = dataclasses.replace(
+                cfg, rollout=dataclasses.replace(cfg.rollout, sync_transport="collective")
+            )
+            coll = WeightSync(coll_cfg, actors.learners, actors.rollout)
+            times: dict[str, list[float]] = {"object_store": [], "collective": []}
+            checks = {}
+            version = 0
+            for i in range(reps + 1):  # the first round warms up both paths and is not counted
+                for name, ws in (("object_store", store), ("collective", coll)):
+                    version += 1
+                    m = ws.sync(version, verify=i == reps)
+                    if i:
+                        times[name].append(m["sync/seconds"])
+                    if i == reps:
+                        checks[name] = m["sync/checksum_mismatch"]
+            out.append(
+                {
+                    "preset": preset,
+                    "params_m": actors.learners.num_params / 1e6,
+                    "mb": coll.nbytes / 2**20,
+                    "buckets": len(coll.wire_plan),
+                    "median": {k: _median(v) for k, v in times.items()},
+                    "min": {k: min(v) for k, v in times.items()},
+                    "mismatch": checks,
+                }
+            )
+        finally:
+            actors.shutdown()
+    ray.shutdown()
+    return out
+
+
+def sync_report(rows: list[dict], reps: int, device: str) -> str:
+    lines = [
+        f"# rlpost bench --sync ({device})",
+        "",
+        f"one learner rank, one vLLM engine, {reps} syncs per transport, interleaved; bf16 on the "
+        "wire; seconds from the learner's export/gather to every engine loaded",
+        "",
+        "| model | params | MB per sync | buckets | object store s (median / min) | "
+        "collective s (median / min) | checksum mismatches (store, coll.) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        med, lo, bad = r["median"], r["min"], r["mismatch"]
+        lines.append(
+            f"| {r['preset']} | {r['params_m']:.1f}M | {r['mb']:.0f} | {r['buckets']} | "
+            f"{med['object_store']:.3f} / {lo['object_store']:.3f} | "
+            f"{med['collective']:.3f} / {lo['collective']:.3f} | "
+            f"{bad['object_store']:.0f}, {bad['collective']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
     device = (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
     )
+    if args.sync:
+        text = sync_report(
+            run_sync(args.sync.split(","), args.steps, args.overrides), args.steps, device
+        )
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         ours = run_rlpost(args.steps, args.overrides, Path(tmp))
     trl = None
@@ -206,4 +292,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--no-trl", action="store_true", help="skip the TRL side-by-side")
     p.add_argument("--out", default="", help="also write the report to this file")
+    p.add_argument(
+        "--sync",
+        default="",
+        metavar="PRESETS",
+        help="time weight sync only, object store vs collective, on these tiny presets "
+        "(e.g. small,llama-100m); --steps syncs per transport",
+    )
     p.set_defaults(func=main)

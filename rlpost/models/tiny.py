@@ -32,15 +32,51 @@ class Preset:
     heads: int
     kv_heads: int
     intermediate: int
-    vocab: int
+    vocab: int  # tokenizer vocabulary trained offline
     kind: str = "causal"  # or "rm"
+    arch: str = "llama"  # or "qwen2": q/k/v biases, tied embeddings (as Qwen2.5-0.5B has them)
+    model_vocab: int = 0  # embedding rows when larger than the tokenizer (0 = tokenizer size)
+    tied: bool = True
+    dtype: str = "float32"  # saved weights
 
 
 PRESETS = {
     "nano": Preset(64, 2, 2, 1, 128, 1024),
-    "small": Preset(384, 6, 6, 2, 1024, 4096),
+    "small": Preset(384, 6, 6, 2, 1024, 4096, tied=False),
     "rm-nano": Preset(64, 2, 2, 1, 128, 1024, kind="rm"),
+    "qwen2-nano": Preset(64, 2, 2, 1, 128, 1024, arch="qwen2"),
+    # The shape of Qwen2.5-0.5B (494M params: 24 layers, GQA 14/2, 151936-row tied embedding),
+    # random init: what the GPU check trains without downloading anything.
+    "qwen2-0.5b": Preset(
+        896, 24, 14, 2, 4864, 4096, arch="qwen2", model_vocab=151936, dtype="bfloat16"
+    ),
+    # ~100M params, Llama-shaped: the size point of the weight-sync benchmark.
+    "llama-100m": Preset(768, 12, 12, 4, 1536, 4096, model_vocab=32000, tied=False),
 }
+
+
+def model_config(preset: str, tokenizer_len: int, bos: int = 1, eos: int = 2, pad: int = 0):
+    """The transformers config of ``preset`` (no weights): also what tests size-check."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    p = PRESETS[preset]
+    common = dict(
+        vocab_size=max(tokenizer_len, p.model_vocab),
+        hidden_size=p.hidden,
+        num_hidden_layers=p.layers,
+        num_attention_heads=p.heads,
+        num_key_value_heads=p.kv_heads,
+        intermediate_size=p.intermediate,
+        max_position_embeddings=2048,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        tie_word_embeddings=p.tied,
+        num_labels=1,
+    )
+    if p.arch == "qwen2":  # Qwen2 attention always has q/k/v biases (and no o_proj bias)
+        return Qwen2Config(**common, rope_theta=1e6, use_sliding_window=False)
+    return LlamaConfig(**common)
 
 
 def cache_dir() -> Path:
@@ -96,10 +132,9 @@ def build(preset: str, out: str | Path, seed: int = 0) -> Path:
     """Write model + tokenizer for ``preset`` into ``out`` (atomic: temp dir then rename)."""
     import torch
     from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
         AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaForSequenceClassification,
     )
 
     if preset not in PRESETS:
@@ -111,23 +146,10 @@ def build(preset: str, out: str | Path, seed: int = 0) -> Path:
     try:
         train_tokenizer(p.vocab, tmp)
         tok = AutoTokenizer.from_pretrained(tmp)
-        conf = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=p.hidden,
-            num_hidden_layers=p.layers,
-            num_attention_heads=p.heads,
-            num_key_value_heads=p.kv_heads,
-            intermediate_size=p.intermediate,
-            max_position_embeddings=2048,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=preset != "small",
-            num_labels=1,
-        )
+        conf = model_config(preset, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         torch.manual_seed(seed)
-        cls = LlamaForSequenceClassification if p.kind == "rm" else LlamaForCausalLM
-        model = cls(conf)
+        cls = AutoModelForSequenceClassification if p.kind == "rm" else AutoModelForCausalLM
+        model = cls.from_config(conf).to(getattr(torch, p.dtype))
         model.save_pretrained(tmp)
         if p.kind == "causal":
             model.generation_config.eos_token_id = tok.eos_token_id

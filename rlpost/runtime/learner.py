@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -21,6 +22,16 @@ import torch
 from rlpost.batch import Batch, length_order
 from rlpost.config import Config
 from rlpost.models.hf import causal_logprobs, load_model
+from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
+from rlpost.runtime.weight_group import (
+    SRC,
+    Bucket,
+    WeightGroup,
+    device_id,
+    ipc_handle,
+    pack,
+    plan_from_wire,
+)
 
 
 def free_port() -> int:
@@ -144,7 +155,10 @@ class LearnerWorker:
             config=conf,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
-        return sum(p.numel() for p in model.parameters())
+        n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full
+        conf = model.config  # for perf/mfu on GPU
+        self.flops_arch = (n, conf.num_hidden_layers, conf.hidden_size)
+        return n
 
     # ------------------------------------------------------------------ forward
     def _forward(self, batch: Batch) -> torch.Tensor:
@@ -203,6 +217,7 @@ class LearnerWorker:
         sums: dict[str, float] = {}
         norms: list[float] = []
         n = 0
+        t0, flops = time.perf_counter(), 0.0
         for shard, cnt in zip(minibatches, counts):
             parts, _ = self._micro_batches(shard, micro, row_multiple)
             for i, mb in enumerate(parts):
@@ -215,6 +230,8 @@ class LearnerWorker:
                     loss, metrics = objective.loss(out, mb, cnt)
                 self.engine.backward(loss * self.world, scale_wrt_gas=False)
                 self.engine.step()
+                seq = mb["attention_mask"]
+                flops += float(seq.sum()) * train_flops_per_token(*self.flops_arch, seq.shape[1])
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
@@ -227,10 +244,17 @@ class LearnerWorker:
         if norms:
             out_m["grad_norm"] = sum(norms) / len(norms)
         out_m["lr"] = float(self.engine.get_lr()[0])
+        if self.on_gpu:  # MFU is a GPU figure; each rank's share of its own GPU
+            torch.cuda.synchronize()
+            seconds, (peak, _) = time.perf_counter() - t0, device_peak()
+            out_m["perf/learner_tflops"] = flops / seconds / 1e12
+            if peak:  # an unknown GPU (no RLPOST_PEAK_TFLOPS) still gets achieved TFLOP/s
+                out_m["perf/mfu"] = mfu(1.0, flops, seconds, peak)
+            out_m["perf/learner_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return out_m
 
     # ------------------------------------------------------------------ weights
-    def export_weights(self, bucket_mb: int) -> list:
+    def export_weights(self, bucket_mb: float) -> list:
         """Gather (ZeRO-3) and cut the HF state dict into safetensors buckets in the object store.
         Every rank must call this (the gather is collective); rank 0 returns the refs."""
         import deepspeed
@@ -265,6 +289,75 @@ class LearnerWorker:
         if bucket and self.rank == 0:
             refs.append(ray.put(save(bucket)))
         return refs
+
+    def _wire_dtype(self, p: torch.Tensor) -> str:
+        """The engine's dtype when it is a torch dtype (bf16 halves the bytes), else the param's."""
+        wire = getattr(torch, self.cfg.rollout.dtype, None)
+        return str(wire if isinstance(wire, torch.dtype) else p.dtype).removeprefix("torch.")
+
+    def weight_meta(self) -> tuple[list[tuple[str, str, list[int]]], dict[str, list[str]]]:
+        """(name, wire dtype, full shape) of every parameter (ZeRO-3 shards report ``ds_shape``),
+        and the aliases that travel without bytes of their own: with tied embeddings vLLM keeps
+        its own ``lm_head`` copy, loaded from the embedding's bytes."""
+        model = self.engine.module
+        meta = [
+            (n, self._wire_dtype(p), list(getattr(p, "ds_shape", p.shape)))
+            for n, p in model.named_parameters()
+        ]
+        aliases: dict[str, list[str]] = {}
+        if self.tied:
+            emb = model.get_input_embeddings().weight
+            name = next(n for n, p in model.named_parameters() if p is emb)
+            aliases[name] = ["lm_head.weight"]
+        return meta, aliases
+
+    def _gathered(self, plan: list[Bucket]) -> Iterator[tuple[Bucket, list[torch.Tensor]]]:
+        """Each bucket's full parameters; under ZeRO-3 one gather per bucket (every rank must
+        iterate: the gather is collective), released before the next."""
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        stage3 = self.engine.zero_optimization_stage() == 3
+        for bucket in plan:
+            ps = [params[n] for n in bucket.names]
+            if stage3:
+                with deepspeed.zero.GatheredParameters(ps, modifier_rank=None):
+                    yield bucket, ps
+            else:
+                yield bucket, ps
+
+    def device_id(self) -> str:
+        return device_id(self.device)
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where rank 0 hosts the weight-update group's store (a free port on its node)."""
+        return self.node_ip(), free_port()
+
+    def weight_group_init(self, host: str, port: int, world: int, timeout_s: float) -> None:
+        if self.rank == 0:
+            self.weight_group = WeightGroup(host, port, SRC, world, self.device, timeout_s)
+
+    def broadcast_weights(self, wire_plan: list[dict]) -> int:
+        """One broadcast per flat bucket from rank 0; bytes sent (0 on other ranks)."""
+        sent = 0
+        for bucket, ps in self._gathered(plan_from_wire(wire_plan)):
+            if self.rank == 0:
+                self.weight_group.broadcast(pack(bucket, ps, self.device))
+                sent += bucket.nbytes
+        return sent
+
+    def ipc_handles(self, wire_plan: list[dict]) -> tuple[str, list]:
+        """Colocated GPU: pack every bucket on this rank's GPU and keep the buffers alive until
+        ``ipc_release``; the engines on this GPU map them through the returned handles."""
+        self._ipc_bufs = [
+            pack(b, ps, self.device) for b, ps in self._gathered(plan_from_wire(wire_plan))
+        ]
+        torch.cuda.synchronize()
+        return self.device_id(), [ipc_handle(b) for b in self._ipc_bufs]
+
+    def ipc_release(self) -> None:
+        self._ipc_bufs = []
+        torch.cuda.empty_cache()
 
     def checksums(self, names: list[str]) -> dict[str, str]:
         import deepspeed
@@ -400,7 +493,7 @@ class LearnerGroup:
             for k in results[0]
         }
 
-    def export_weights(self, bucket_mb: int) -> list:
+    def export_weights(self, bucket_mb: float) -> list:
         return ray.get([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
 
     def checksums(self, names: list[str]) -> dict[str, str]:
@@ -409,14 +502,28 @@ class LearnerGroup:
     def param_names(self) -> list[str]:
         return ray.get(self.workers[0].param_names.remote())
 
-    def nccl_init(self, host: str, port: int, world: int) -> list:
-        return [w.nccl_init.remote(host, port, world) for w in self.workers]
+    def weight_meta(self) -> tuple[list, dict[str, list[str]]]:
+        return ray.get(self.workers[0].weight_meta.remote())
 
-    def nccl_meta(self) -> list:
-        return ray.get(self.workers[0].nccl_meta.remote())
+    def device_ids(self) -> list[str]:
+        return ray.get([w.device_id.remote() for w in self.workers])
 
-    def nccl_broadcast(self) -> list:
-        return [w.nccl_broadcast.remote() for w in self.workers]
+    def weight_group_address(self) -> tuple[str, int]:
+        return ray.get(self.workers[0].weight_group_address.remote())
+
+    def weight_group_init(self, host: str, port: int, world: int, timeout_s: float) -> list:
+        return [w.weight_group_init.remote(host, port, world, timeout_s) for w in self.workers]
+
+    def broadcast_weights(self, wire_plan: list[dict]) -> list:
+        """Futures (every rank gathers; rank 0 sends); wait on them with the engines' receives."""
+        return [w.broadcast_weights.remote(wire_plan) for w in self.workers]
+
+    def ipc_handles(self, wire_plan: list[dict]) -> bytes:
+        """Pickled {device id: handles}: vLLM's worker RPC carries bytes, not handle tuples."""
+        return pickle.dumps(dict(ray.get([w.ipc_handles.remote(wire_plan) for w in self.workers])))
+
+    def ipc_release(self) -> None:
+        ray.get([w.ipc_release.remote() for w in self.workers])
 
     def save(self, path: str, client_state: dict) -> None:
         ray.get([w.save.remote(path, client_state) for w in self.workers])

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
+import torch
 
 from rlpost.config import Config
 
@@ -135,22 +136,62 @@ class VLLMEngine:
             results.append(samples)
         return {"samples": results, "seconds": time.time() - t0}
 
-    def load_weights(self, bucket_refs: list, version: int) -> int:
-        count = self.llm.collective_rpc("rlpost_load_buckets", args=(bucket_refs,))[0]
+    def _stale(self, version: int) -> str:
+        """Versions only move forward: a sync that arrives late must not overwrite newer weights.
+        Checked before anything is loaded."""
+        if version < self.version:
+            return f"engine {self.index}: weights of version {version} after version {self.version}"
+        return ""
+
+    def _loaded(self, counts: list[int], expected: int | None, version: int) -> int:
+        """Every worker loaded what was sent; then the engine serves ``version``."""
+        if expected is not None and any(c != expected for c in counts):
+            raise RuntimeError(f"engine {self.index}: loaded {counts} tensors, sent {expected}")
         self.llm.reset_prefix_cache()
         self.version = version
-        return count
+        return counts[0]
+
+    def load_weights(self, bucket_refs: list, version: int) -> int:
+        if stale := self._stale(version):
+            raise RuntimeError(stale)
+        counts = self.llm.collective_rpc("rlpost_load_buckets", args=(bucket_refs,))
+        return self._loaded(counts, None, version)
 
     def checksums(self, names: list[str]) -> dict[str, str]:
         return self.llm.collective_rpc("rlpost_checksums", args=(names,))[0]
 
-    def nccl_init(self, host: str, port: int, rank_offset: int, world: int) -> None:
-        self.llm.collective_rpc("rlpost_nccl_init", args=(host, port, rank_offset, world))
+    def device_ids(self) -> list[str]:
+        """The physical device of each worker ('cpu' on CPU): picks the sync transport."""
+        return self.llm.collective_rpc("rlpost_device_id")
 
-    def nccl_receive(self, meta: list, version: int) -> None:
-        self.llm.collective_rpc("rlpost_nccl_receive", args=(meta,))
-        self.llm.reset_prefix_cache()
-        self.version = version
+    def group_init(
+        self, host: str, port: int, rank_offset: int, world: int, timeout_s: float
+    ) -> list[int]:
+        args = (host, port, rank_offset, world, timeout_s)
+        return self.llm.collective_rpc("rlpost_group_init", args=args)
+
+    def group_receive(self, wire_plan: list[dict], expected: int, version: int) -> int:
+        stale = self._stale(version)  # a stale sync is still received (the sender waits on
+        # every member) but not loaded
+        counts = self.llm.collective_rpc("rlpost_group_receive", args=(wire_plan, not stale))
+        if stale:
+            raise RuntimeError(stale)
+        return self._loaded(counts, expected, version)
+
+    def ipc_receive(
+        self, handles: bytes, wire_plan: list[dict], expected: int, version: int
+    ) -> int:
+        if stale := self._stale(version):
+            raise RuntimeError(stale)
+        counts = self.llm.collective_rpc("rlpost_ipc_receive", args=(handles, wire_plan))
+        return self._loaded(counts, expected, version)
+
+    def peak_memory_gb(self) -> float:
+        """Peak torch-reserved GPU memory of this engine's process (0 on CPU). vLLM's sleep-mode
+        pool allocates outside torch's caching allocator, so colocated engines under-report."""
+        if not torch.cuda.is_available():
+            return 0.0
+        return torch.cuda.max_memory_reserved() / 2**30
 
     def sleep(self) -> None:
         """Colocated GPUs: free weights and KV cache while the learners train."""
@@ -219,17 +260,29 @@ class RolloutGroup:
     def checksums(self, names: list[str]) -> list[dict[str, str]]:
         return ray.get([e.checksums.remote(names) for e in self.engines])
 
-    def nccl_init(self, host: str, port: int) -> list:
+    def device_ids(self) -> list[list[str]]:
+        return ray.get([e.device_ids.remote() for e in self.engines])
+
+    def group_init(self, host: str, port: int, timeout_s: float) -> list:
         """Engine i's TP workers take group ranks 1 + i*tp … ; learner rank 0 is rank 0."""
         tp = self.cfg.rollout.tensor_parallel
         world = 1 + len(self.engines) * tp
         return [
-            e.nccl_init.remote(host, port, 1 + i * tp, world) for i, e in enumerate(self.engines)
+            e.group_init.remote(host, port, 1 + i * tp, world, timeout_s)
+            for i, e in enumerate(self.engines)
         ]
 
-    def nccl_receive(self, meta: list, version: int) -> list:
+    def group_receive(self, wire_plan: list[dict], expected: int, version: int) -> list:
+        """Futures: the engines receive while learner rank 0 broadcasts."""
         self.version = version
-        return [e.nccl_receive.remote(meta, version) for e in self.engines]
+        return [e.group_receive.remote(wire_plan, expected, version) for e in self.engines]
+
+    def ipc_receive(self, handles: bytes, wire_plan: list[dict], expected: int, version: int):
+        ray.get([e.ipc_receive.remote(handles, wire_plan, expected, version) for e in self.engines])
+        self.version = version
+
+    def peak_memory_gb(self) -> list[float]:
+        return ray.get([e.peak_memory_gb.remote() for e in self.engines])
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])

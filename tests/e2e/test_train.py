@@ -66,6 +66,8 @@ def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stag
     )
     rows = read_metrics(tmp_path / "grpo/metrics.jsonl")
     _assert_training(rows, 3)
+    # auto on CPU: the weight-update group over gloo, one broadcast per flat bucket
+    assert "weight sync: collective" in (tmp_path / "grpo/train.log").read_text()
     for r in rows:
         assert r["sync/checksummed"] >= 5 and r["sync/checksum_mismatch"] == 0
         # fp32 engine: its sampling log-probs equal the learner's recomputed ones only if the
@@ -98,7 +100,10 @@ def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
         f"reward.functions=[{reward_file}]",
         f"trainer.output_dir={tmp_path}",
     ]
-    run_cli("train", *common, "trainer.run_name=full")
+    # The uninterrupted run syncs through the collective group, the cut one through the object
+    # store: equal steps after the resume also prove both transports deliver the same weights.
+    run_cli("train", *common, "trainer.run_name=full", "rollout.sync_transport=collective")
+    common.append("rollout.sync_transport=object_store")
     run_cli("train", *common, "trainer.run_name=cut", "trainer.max_steps_this_run=2")
     assert (tmp_path / "cut/checkpoints/latest").read_text() == "step-2"
     assert len(read_metrics(tmp_path / "cut/metrics.jsonl")) == 2

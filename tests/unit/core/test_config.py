@@ -120,6 +120,7 @@ def test_help_lists_every_subcommand_and_each_has_help():
         "plan",
         "launch",
         "bench",
+        "gpu-check",
         "eval",
         "sft",
         "rm-data",

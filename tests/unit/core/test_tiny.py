@@ -49,3 +49,27 @@ def test_presets_sizes_and_cache():
     rm = AutoModelForSequenceClassification.from_pretrained(tiny.ensure("rm-nano"))
     assert rm.config.num_labels == 1
     assert tiny.ensure("nano") == tiny.ensure("nano")  # cached: built once
+
+
+def test_qwen2_nano_has_the_qwen2_layout_real_models_bring():
+    """q/k/v biases (no o_proj bias) and one tied embedding matrix, as Qwen2.5-0.5B has them."""
+    model = AutoModelForCausalLM.from_pretrained(tiny.ensure("qwen2-nano"))
+    assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
+    names = {n for n, _ in model.named_parameters()}
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert f"model.layers.0.self_attn.{proj}.bias" in names
+    assert "model.layers.0.self_attn.o_proj.bias" not in names
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert "lm_head.weight" not in names  # tied: named_parameters lists it once
+
+
+def test_qwen2_half_billion_preset_has_the_shape_of_qwen2_5_0_5b():
+    """Sized on the meta device: the config alone, no 2 GB of weights in a unit test."""
+    conf = tiny.model_config("qwen2-0.5b", tokenizer_len=4096)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf)
+    n = sum(p.numel() for p in model.parameters())
+    # Qwen2.5-0.5B: 494,032,768 parameters with its 151,936-row tied embedding
+    assert n == 494_032_768
+    assert (conf.hidden_size, conf.num_hidden_layers, conf.intermediate_size) == (896, 24, 4864)
+    assert (conf.num_attention_heads, conf.num_key_value_heads) == (14, 2)

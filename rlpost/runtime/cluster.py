@@ -1,0 +1,107 @@
+"""Connect to Ray and bring up every actor group a run needs, placed by one resource plan.
+
+The trainer gets back one ``Actors`` record and never sees placement groups or transports.
+Knows actor groups and the algorithm's ``Needs``, never an algorithm by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from rlpost.config import Config
+from rlpost.runtime import placement
+from rlpost.runtime.frozen import FrozenGroup
+from rlpost.runtime.learner import LearnerGroup
+from rlpost.runtime.reward import RewardGroup
+from rlpost.runtime.rollout import RolloutGroup
+from rlpost.runtime.sync import WeightSync
+
+log = logging.getLogger("rlpost")
+
+
+def connect_ray(cfg: Config) -> None:
+    """An existing cluster when ray.address / RAY_ADDRESS is set, else a local one."""
+    if ray.is_initialized():
+        return
+    addr = cfg.placement.ray_address or os.environ.get("RAY_ADDRESS", "")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
+    if addr:
+        ray.init(address=addr, runtime_env=env, log_to_driver=True)
+    else:
+        kw: dict[str, Any] = {"include_dashboard": False, "runtime_env": env}
+        if cfg.placement.num_cpus:
+            kw["num_cpus"] = cfg.placement.num_cpus
+        ray.init(**kw)
+
+
+@dataclass
+class Actors:
+    """Every group of a run (None where the algorithm does not need it) and the weight sync."""
+
+    learners: Any
+    rollout: Any = None
+    critic: Any = None
+    reference: Any = None
+    teacher: Any = None
+    reward: Any = None
+    weight_sync: WeightSync | None = None
+    placed: Any = None
+    groups: list[Any] = field(default_factory=list)  # shutdown order is the reverse
+
+    def shutdown(self) -> None:
+        for g in reversed(self.groups):
+            try:
+                g.shutdown()
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                log.warning("shutdown of %s failed: %s", type(g).__name__, e)
+        self.groups = []
+        if self.placed is not None:
+            try:
+                self.placed.remove()
+            except Exception:  # noqa: BLE001
+                pass
+            self.placed = None
+
+
+def start_actors(
+    cfg: Config,
+    needs: Any,
+    make_objective: Callable[[], Any],
+    actors: Actors | None = None,
+) -> Actors:
+    """Place and start the groups ``needs`` asks for; ``actors`` (empty) is filled as groups come
+    up, so a failure half-way still lets the caller tear down what started. ``make_objective``
+    builds, inside each learner (and critic) rank, what that rank minimises."""
+    connect_ray(cfg)
+    sizes = placement.default_groups(cfg, needs)
+    plan = placement.make_plan(cfg, sizes)
+    placement.check_fits(plan)
+    a = actors or Actors(learners=None)
+    a.placed = placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
+    log.info("placement:\n%s", placement.describe(plan, placed))
+
+    def up(group: Any) -> Any:
+        a.groups.append(group)
+        return group
+
+    a.rollout = up(RolloutGroup(cfg, cfg.model.path, placed)) if needs.rollout else None
+    a.learners = up(LearnerGroup(cfg, "policy", placed, "learner", make_objective))
+    if needs.critic:
+        a.critic = up(LearnerGroup(cfg, "critic", placed, "critic", make_objective))
+    if sizes["reference"]:
+        a.reference = up(
+            FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", placed)
+        )
+    if needs.teacher:
+        a.teacher = up(FrozenGroup(cfg, cfg.teacher.path, "teacher", placed))
+    if needs.reward:
+        a.reward = up(RewardGroup(cfg, placed))
+    if a.rollout is not None:
+        a.weight_sync = WeightSync(cfg, a.learners, a.rollout)
+    return a
