@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM (rlpost.runtime.fault.Terminated): 143
+        code = getattr(e, "exit_code", 130)
+        print("terminated" if code == 143 else "interrupted", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ sync_weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 
 from rlpost import checkpoint
 from rlpost.config import Config, ConfigError
+from rlpost.runtime import fault
 from rlpost.tracking import Timer, Tracker, setup_logging
 
 log = logging.getLogger("rlpost")
@@ -127,6 +129,8 @@ class Trainer:
 
         t0 = time.time()
         connect_ray(cfg)
+        fault.catch_sigterm()  # after ray.init, which installs a handler of its own
+        checkpoint.check_shared_storage(self.run_dir)
         groups = {
             "reference": int(use_ref),
             "teacher": int(needs.teacher),
@@ -138,11 +142,13 @@ class Trainer:
         placement.check_fits(plan)
         self.placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
         log.info("placement:\n%s", placement.describe(plan, self.placed))
-        self.rollout = RolloutGroup(cfg, cfg.model.path, self.placed) if needs.rollout else None
-        self.groups += [self.rollout] if self.rollout is not None else []
-        self.learners = LearnerGroup(cfg, "policy", self.placed, "learner")
-        self.groups.append(self.learners)
-        self.critic = LearnerGroup(cfg, "critic", self.placed, "critic") if needs.critic else None
+        reg = self.groups.append  # each group registers before it blocks: Ctrl-C kills it too
+        rollout = RolloutGroup(cfg, cfg.model.path, self.placed, reg) if needs.rollout else None
+        self.rollout = rollout
+        self.learners = LearnerGroup(cfg, "policy", self.placed, "learner", reg)
+        self.critic = (
+            LearnerGroup(cfg, "critic", self.placed, "critic", reg) if needs.critic else None
+        )
         self.reference = (
             FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", self.placed)
             if use_ref
@@ -152,7 +158,7 @@ class Trainer:
             FrozenGroup(cfg, cfg.teacher.path, "teacher", self.placed) if needs.teacher else None
         )
         self.reward = RewardGroup(cfg, self.placed) if needs.reward else None
-        self.groups += [g for g in (self.critic, self.reference, self.teacher, self.reward) if g]
+        self.groups += [g for g in (self.reference, self.teacher, self.reward) if g]
         self.exp = ActorExperience(
             cfg,
             self.tokenizer,
@@ -170,6 +176,10 @@ class Trainer:
             host, port = self.learners.master_addr, free_port()  # rank 0 hosts the NCCL store
             world = 1 + cfg.rollout.engines * cfg.rollout.tensor_parallel
             ray.get(self.rollout.nccl_init(host, port) + self.learners.nccl_init(host, port, world))
+        if self.rollout is not None:  # a restarted engine gets the current weights from here
+            self.rollout.weight_source = lambda: self.learners.export_weights(
+                cfg.rollout.sync_bucket_mb
+            )
         self.startup_s = time.time() - t0
         log.info(
             "actors up in %.1fs (policy %.2fM params)",
@@ -179,6 +189,7 @@ class Trainer:
 
         self.step = 0
         self.ckpt_root = self.run_dir / "checkpoints"
+        self._start = copy.deepcopy({**self._state(), "rng": checkpoint.rng_state()})
         if cfg.trainer.resume:
             self._resume()
 
@@ -190,7 +201,34 @@ class Trainer:
         if path is None:
             log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
             return
-        state = checkpoint.load(path, self._ckpt_groups())
+        self._load_state(checkpoint.load(path, self._ckpt_groups()))
+        checkpoint.set_aside_metrics(self.run_dir, self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def rewind(self, why: fault.Rewind) -> None:
+        """A learner/critic rank died and its group was rebuilt: back to the last checkpoint (or
+        the start), engines re-synced; rows of the undone steps move to metrics.undone.jsonl."""
+        log.warning("%s: back to the last checkpoint", why)
+        if checkpoint.latest(self.ckpt_root) is not None:
+            self._resume()
+        else:
+            for g in self._ckpt_groups().values():
+                if g.group != why.group:  # trained past the start: back to fresh weights too
+                    g.rebuild()
+            checkpoint.set_rng_state(self._start["rng"])
+            self._load_state(copy.deepcopy(self._start))
+            checkpoint.set_aside_metrics(self.run_dir, self.step)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "algorithm": self.algo.state_dict(),
+            "policy_version": self.exp.policy_version,
+            "reward": self.reward.state_dict() if self.reward is not None else {},
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
         self.algo.load_state_dict(state["algorithm"])
@@ -205,21 +243,9 @@ class Trainer:
                 self.cfg.rollout.sync_bucket_mb,
                 transport=self.transport,
             )
-        log.info("resumed from %s at step %d", path, self.step)
 
     def _save(self) -> None:
-        checkpoint.save(
-            self.ckpt_root,
-            self.step,
-            self._ckpt_groups(),
-            {
-                "step": self.step,
-                "sampler": self.sampler.state_dict(),
-                "algorithm": self.algo.state_dict(),
-                "policy_version": self.exp.policy_version,
-                "reward": self.reward.state_dict() if self.reward is not None else {},
-            },
-        )
+        checkpoint.save(self.ckpt_root, self.step, self._ckpt_groups(), self._state())
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -232,6 +258,7 @@ class Trainer:
         try:
             while self.step < stop_at:
                 timer, t_step = Timer(), time.perf_counter()
+                fault.inject(self.step + 1, self._actors)  # test hook; a no-op unless asked
                 exp.step, exp.gen_seconds = self.step, 0.0
 
                 prompts = self.sampler.next(cfg.trainer.prompts_per_step)
@@ -249,6 +276,7 @@ class Trainer:
                         metrics.update(self._sync())
 
                 metrics.update(timer.times)
+                metrics.update(fault.metrics(self.groups))
                 metrics.update(self._batch_metrics(batch, exp, time.perf_counter() - t_step))
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
                     from rlpost.commands.evaluate import evaluate_in_loop
@@ -326,6 +354,14 @@ class Trainer:
         if bad:
             raise FloatingPointError(f"step {self.step}: non-finite metrics {bad}")
 
+    def _actors(self, group: str) -> list[Any]:
+        g = {"rollout": self.rollout, "learner": self.learners, "critic": self.critic}.get(group)
+        g = (
+            g
+            or {"reference": self.reference, "teacher": self.teacher, "reward": self.reward}[group]
+        )
+        return getattr(g, "engines", None) or getattr(g, "workers", None) or [g.actor]
+
     def shutdown(self) -> None:
         for g in reversed(self.groups):
             try:
@@ -347,6 +383,7 @@ def train(cfg: Config) -> Path:
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        return trainer.fit()
+        return fault.until_done(trainer.fit, trainer.rewind)
     finally:
-        trainer.shutdown()
+        with fault.signals_deferred():  # a second Ctrl-C / SIGTERM must not cut teardown short
+            trainer.shutdown()
