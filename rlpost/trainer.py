@@ -355,20 +355,20 @@ class Trainer:
             raise FloatingPointError(f"step {self.step}: non-finite metrics {bad}")
 
     def _actors(self, group: str) -> list[Any]:
-        g = {"rollout": self.rollout, "learner": self.learners, "critic": self.critic}.get(group)
-        g = (
-            g
-            or {"reference": self.reference, "teacher": self.teacher, "reward": self.reward}[group]
-        )
-        return getattr(g, "engines", None) or getattr(g, "workers", None) or [g.actor]
+        named = {"rollout": self.rollout, "learner": self.learners, "critic": self.critic}
+        named.update(reference=self.reference, teacher=self.teacher, reward=self.reward)
+        return fault.handles(named[group])
 
     def shutdown(self) -> None:
+        handles = [a for g in self.groups for a in fault.handles(g)]
         for g in reversed(self.groups):
             try:
                 g.shutdown()
             except Exception as e:  # noqa: BLE001 - keep tearing down the rest
                 log.warning("shutdown of %s failed: %s", type(g).__name__, e)
         self.groups = []
+        if fault.wait_dead(handles):
+            log.warning("some actors still answered after being killed twice")
         if self.placed is not None:
             try:
                 self.placed.remove()

@@ -181,12 +181,50 @@ def find_death(refs: list, wait_s: float = 30.0) -> BaseException | None:
     return None
 
 
+def handles(group: Any) -> list[Any]:
+    """The actor handles a group handle holds right now (engines, ranks, or its one actor)."""
+    for attr in ("engines", "workers"):
+        if isinstance(getattr(group, attr, None), list):
+            return list(getattr(group, attr))
+    return [group.actor] if getattr(group, "actor", None) is not None else []
+
+
 def kill_quietly(actors: Iterable[Any]) -> None:
     for a in actors:
         try:
             ray.kill(a, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
+
+
+def wait_dead(actors: list[Any], timeout_s: float = 30.0) -> int:
+    """Wait until every killed actor is reported dead; returns how many still answer.
+
+    ``ray.kill`` only queues the kill: a driver that exits at once leaves a shared cluster to
+    find its actors through the job's cleanup, later (and on a loaded head, after the checks of
+    whoever looks). An actor that still answers is killed again."""
+    deadline = time.monotonic() + timeout_s
+    alive = list(actors)
+    while alive and time.monotonic() < deadline:
+        pings = []
+        for a in alive:
+            try:
+                pings.append((a, a.__ray_ready__.remote()))
+            except Exception:  # noqa: BLE001 - a handle that cannot even submit is gone
+                continue
+        alive = []
+        for a, ref in pings:
+            try:
+                ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+                alive.append(a)  # answered: the kill has not landed yet
+            except GetTimeoutError:
+                alive.append(a)
+            except Exception:  # noqa: BLE001 - RayActorError: dead, as wanted
+                continue
+        kill_quietly(alive)
+        if alive:
+            time.sleep(0.5)
+    return len(alive)
 
 
 def metrics(groups: Iterable[Any]) -> dict[str, float]:
