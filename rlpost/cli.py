@@ -14,9 +14,14 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.recipe, args.overrides + (["trainer.resume=true"] if args.resume else [])
     )
+    from rlpost.runtime.fault import ActorFailure
     from rlpost.trainer import train
 
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except ActorFailure as e:  # a spent restart budget or a gone node: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"run directory: {run_dir}")
     return 0
 

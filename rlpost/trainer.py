@@ -143,8 +143,9 @@ class Trainer:
         self.placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
         log.info("placement:\n%s", placement.describe(plan, self.placed))
         reg = self.groups.append  # each group registers before it blocks: Ctrl-C kills it too
-        rollout = RolloutGroup(cfg, cfg.model.path, self.placed, reg) if needs.rollout else None
-        self.rollout = rollout
+        self.rollout = (
+            RolloutGroup(cfg, cfg.model.path, self.placed, reg) if needs.rollout else None
+        )
         self.learners = LearnerGroup(cfg, "policy", self.placed, "learner", reg)
         self.critic = (
             LearnerGroup(cfg, "critic", self.placed, "critic", reg) if needs.critic else None

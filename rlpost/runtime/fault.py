@@ -111,11 +111,27 @@ class Guard:
         try:
             return ray.get(refs, timeout=limit)
         except GetTimeoutError:
-            raise ActorTimeout(
-                f"{self.group}: {what} did not answer within {limit:g} s "
-                f"(trainer.actor_timeout_s / trainer.start_timeout_s): its node may be gone "
-                f"or the actor hung"
-            ) from None
+            raise self._late(what, limit) from None
+
+    def _late(self, what: str, limit: float) -> ActorTimeout:
+        return ActorTimeout(
+            f"{self.group}: {what} did not answer within {limit:g} s "
+            f"(trainer.actor_timeout_s / trainer.start_timeout_s): its node may be gone "
+            f"or the actor hung"
+        )
+
+    def get_all(self, refs: list, what: str, timeout_s: float | None = None) -> list:
+        """Results of ``refs`` in order; the first failure surfaces as soon as it is known (a
+        rank that died must not wait behind a survivor stuck in a collective)."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline, pending = time.monotonic() + limit, list(refs)
+        while pending:
+            left = deadline - time.monotonic()
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, left))
+            if not ready:
+                raise self._late(what, limit)
+            ray.get(ready[0])  # raises at once if that call failed
+        return ray.get(refs)
 
     def metrics(self) -> dict[str, float]:
         return {f"fault/restarts_{self.group}": float(self.restarts)}

@@ -355,7 +355,7 @@ class LearnerGroup:
     def _get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
         """Wait for one call on every rank; a dead rank rebuilds the group and raises Rewind."""
         try:
-            return self.guard.get(refs, f"{self.group} ranks ({what})", timeout_s)
+            return self.guard.get_all(refs, f"{self.group} ranks ({what})", timeout_s)
         except ray.exceptions.RayError as err:
             # a survivor's collective fails too ("connection closed by peer"): find the death
             e = err if isinstance(err, fault.DEATH) else fault.find_death(refs)
