@@ -259,7 +259,7 @@ class Trainer:
         try:
             while self.step < stop_at:
                 timer, t_step = Timer(), time.perf_counter()
-                fault.inject(self.step + 1, self._actors)  # test hook; a no-op unless asked
+                fault.inject(self.step + 1, self)  # test hook; a no-op unless asked
                 exp.step, exp.gen_seconds = self.step, 0.0
 
                 prompts = self.sampler.next(cfg.trainer.prompts_per_step)
@@ -354,11 +354,6 @@ class Trainer:
         bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
         if bad:
             raise FloatingPointError(f"step {self.step}: non-finite metrics {bad}")
-
-    def _actors(self, group: str) -> list[Any]:
-        named = {"rollout": self.rollout, "learner": self.learners, "critic": self.critic}
-        named.update(reference=self.reference, teacher=self.teacher, reward=self.reward)
-        return fault.handles(named[group])
 
     def shutdown(self) -> None:
         handles = [a for g in self.groups for a in fault.handles(g)]

@@ -13,9 +13,8 @@ The policy lives here and in the group handles, never in an algorithm or in the 
 
 Test hook: ``RLPOST_FAULT_INJECT="group:index:step"`` (comma-separated for several) makes
 :func:`inject` SIGKILL that actor's process at the start of step ``step`` (numbered as in
-metrics.jsonl; ``group`` is a group name,
-``reward_worker`` for the reward actor's first function worker process, or ``save`` to kill the
-driver itself in the middle of writing the checkpoint of that step).
+metrics.jsonl). ``group`` is a group name, ``reward_worker`` for the reward actor's first function
+worker process, or ``save`` to kill the driver itself while it writes checkpoint ``step``.
 """
 
 from __future__ import annotations
@@ -69,6 +68,7 @@ def cause_of(err: BaseException) -> str:
     lines = [ln for ln in lines if not ln.startswith(("The actor died unexpectedly", "class_name"))]
     keep = [ln for ln in lines if not ln.startswith(("actor_id:", "namespace:", "name:"))]
     text = "; ".join(keep) or type(err).__name__
+    text = text.split(" Some common causes include")[0]  # Ray's guesses, not what happened
     return f"{type(err).__name__}: {text}"[:600]
 
 
@@ -322,15 +322,16 @@ def planned_kills(step: int) -> list[tuple[str, int]]:
     return out
 
 
-def inject(step: int, actors: Callable[[str], list[Any]]) -> None:
-    """Test hook: SIGKILL the real process of each actor planned for ``step`` (see module doc).
-    ``actors(group)`` returns that group's actor handles. Each kill fires once per process run."""
+def inject(step: int, trainer: Any) -> None:
+    """Test hook: SIGKILL the real process of each actor planned for ``step`` (see module doc),
+    found through the trainer's group handles. Each kill fires once per process run."""
     for group, index in planned_kills(step):
         key = f"{group}:{index}:{step}"
         if key in _fired or group == "save":
             continue
         _fired.add(key)
-        handle = actors("reward" if group == "reward_worker" else group)[index]
+        attr = {"learner": "learners", "reward_worker": "reward"}.get(group, group)
+        handle = handles(getattr(trainer, attr))[index]
         pid = _reward_worker_pid(handle) if group == "reward_worker" else _pid(handle)
         log.warning("fault injection: SIGKILL %s[%d] (pid %d) at step %d", group, index, pid, step)
         print(f"FAULT_INJECT kill {group}[{index}] pid={pid} t={time.time():.3f}", flush=True)
