@@ -8,6 +8,7 @@ of that step, so the kill lands at the same point of every run.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -49,33 +50,33 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def test_engine_reward_and_reference_deaths_are_restarted(run_cli, tmp_path, reward_file):
-    """vLLM engine and reward actor die at step 2, a reward worker process and the reference
-    actor at step 3: each is replaced, its work redone, and every step completes."""
-    kills = "rollout:0:2,reward:0:2,reward_worker:0:3,reference:0:3"
+    """One SIGKILL per step: the vLLM engine (step 2), the reward actor (3), a reward worker
+    process (4), the reference actor (5). Each is replaced, its work redone, every step completes."""
+    kills = {2: "rollout", 3: "reward", 4: "reward_worker", 5: "reference"}
     proc = run_cli(
         "train",
         RECIPE,
-        "trainer.steps=3",
+        "trainer.steps=5",
         f"reward.functions=[{reward_file}]",
         f"trainer.output_dir={tmp_path}",
         "trainer.run_name=faults",
-        env={"RLPOST_FAULT_INJECT": kills},
+        env={"RLPOST_FAULT_INJECT": ",".join(f"{g}:0:{k}" for k, g in kills.items())},
     )
     out = proc.stdout + proc.stderr
     assert out.count("FAULT_INJECT kill") == 4, out[-3000:]
     rows = read_metrics(tmp_path / "faults/metrics.jsonl")
-    assert _steps(rows) == [1, 2, 3]
-    assert rows[0]["fault/restarts_rollout"] == 0  # nothing died before the first kill
-    last = rows[-1]
-    for group in ["rollout", "reward", "reference"]:
-        assert last[f"fault/restarts_{group}"] >= 1, group
-    assert last["fault/restarts_reward_worker"] >= 1
+    assert _steps(rows) == [1, 2, 3, 4, 5]
+    for step, group in kills.items():  # counted from the step of its kill on, not before
+        key = f"fault/restarts_{group}"
+        assert rows[step - 2][key] == 0 and rows[step - 1][key] == 1, (step, group)
+        print(f"kill {group} at step {step}: step took {rows[step - 1]['timing_s/step']:.1f} s")
+    print(f"step 1 (no fault) took {rows[0]['timing_s/step']:.1f} s")
     # the restarted engine holds the current weights: its sampling log-probs equal the
     # learner's (fp32 engine), and every sample came from the policy synced after the last step
     for r in rows[1:]:
         assert r["rollout/logprob_diff"] < 1e-4, r["rollout/logprob_diff"]
-    assert [r["rollout/sample_version_min"] for r in rows] == [0.0, 1.0, 2.0]
-    assert [r["policy_version"] for r in rows] == [1.0, 2.0, 3.0]
+    assert [r["rollout/sample_version_min"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [r["policy_version"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_learner_rank_death_rewinds_to_last_checkpoint(run_cli, tmp_path, reward_file):
@@ -108,7 +109,7 @@ def test_learner_rank_death_rewinds_to_last_checkpoint(run_cli, tmp_path, reward
 
 
 def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
-    run_cli, tmp_path, reward_file
+    ray_cluster, run_cli, tmp_path, reward_file
 ):
     """The driver is SIGKILLed while writing checkpoint 3 (learner shards written, not renamed):
     checkpoint 2 stays the latest and loads; ``--resume`` says it skips the half one, and with one
@@ -143,3 +144,32 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
     assert diff <= 1e-6, json.dumps({k: (first[2][k], rows[2][k]) for k in COMPARED})
     assert checkpoint.latest(root) == root / "step-3"
     assert not (root / ".tmp-step-3").exists()
+    # the SIGKILLed driver's actors went with its job (never detached), the resumed run's with it
+    assert _wait_no_actors(ray_cluster) == []
+
+
+def test_spent_restart_budget_is_one_error_naming_group_actor_and_cause(run_cli, tmp_path):
+    proc = run_cli(
+        "train",
+        RECIPE,
+        "trainer.steps=1",
+        "trainer.max_restarts=0",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=budget",
+        env={"RLPOST_FAULT_INJECT": "reference:0:1"},
+        check=False,
+    )
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1, proc.stderr[-3000:]
+    assert line[0].startswith("error: reference: actor reference[0] died"), line[0]
+    assert "trainer.max_restarts=0" in line[0] and "last cause: ActorDiedError" in line[0]
+
+
+def _wait_no_actors(cluster, timeout: float = 60) -> list:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if not cluster.alive_actors():
+            return []
+        time.sleep(2)
+    return cluster.alive_actors()
