@@ -108,6 +108,34 @@ def test_learner_rank_death_rewinds_to_last_checkpoint(run_cli, tmp_path, reward
     assert (run / "checkpoints/latest").read_text() == "step-4"
 
 
+def test_critic_death_before_any_checkpoint_rewinds_to_the_start(run_cli, tmp_path, reward_file):
+    """PPO: the critic dies at step 2 with no checkpoint yet: critic and policy ranks are rebuilt
+    with the initial weights, the start state is restored, and steps 1-2 are redone."""
+    proc = run_cli(
+        "train",
+        str(ROOT / "launch/recipes/ppo_tiny.yaml"),
+        "trainer.steps=2",
+        f"reward.functions=[{reward_file}]",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=critic",
+        env={"RLPOST_FAULT_INJECT": "critic:0:2"},
+    )
+    assert "FAULT_INJECT kill critic[0]" in proc.stdout + proc.stderr
+    run = tmp_path / "critic"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert _steps(rows) == [1, 2]
+    assert [r["fault/restarts_critic"] for r in rows] == [1.0, 1.0]
+    assert [r["rollout/sample_version_min"] for r in rows] == [0.0, 1.0]
+    undone = _undone(run)
+    assert sorted(undone) == [1]
+    keys = [k for k in undone[1] if k.startswith(("loss/", "critic/values")) or k in COMPARED]
+    assert "loss/value" in keys
+    diff = max(abs(undone[1][k] - rows[0][k]) for k in keys)
+    print(f"critic rewind to the start: max |redone step 1 - first step 1| = {diff:.3g}")
+    for k in keys:
+        assert rows[0][k] == pytest.approx(undone[1][k], rel=1e-4, abs=1e-6), k
+
+
 def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
     ray_cluster, run_cli, tmp_path, reward_file
 ):
