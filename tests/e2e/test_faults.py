@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,19 @@ def _undone(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in read_metrics(path)} if path.exists() else {}
 
 
+def _report_recovery(run: Path) -> None:
+    """Print, from train.log's timestamps, the time from each kill to the next completed step."""
+    kill, lines = None, (run / "train.log").read_text().splitlines()
+    for ln in lines:
+        stamp = ln[:23]
+        if "fault injection: SIGKILL" in ln:
+            kill = (datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f"), ln.split("SIGKILL ")[1])
+        elif kill and " rlpost step " in ln:
+            secs = (datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f") - kill[0]).total_seconds()
+            print(f"recovery: kill {kill[1]} -> next completed step in {secs:.1f} s")
+            kill = None
+
+
 def _max_diff(a: dict, b: dict) -> float:
     return max(abs(a[k] - b[k]) for k in COMPARED)
 
@@ -64,6 +78,7 @@ def test_engine_reward_and_reference_deaths_are_restarted(run_cli, tmp_path, rew
     )
     out = proc.stdout + proc.stderr
     assert out.count("FAULT_INJECT kill") == 4, out[-3000:]
+    _report_recovery(tmp_path / "faults")
     rows = read_metrics(tmp_path / "faults/metrics.jsonl")
     assert _steps(rows) == [1, 2, 3, 4, 5]
     for step, group in kills.items():  # counted from the step of its kill on, not before
@@ -94,6 +109,7 @@ def test_learner_rank_death_rewinds_to_last_checkpoint(run_cli, tmp_path, reward
     )
     assert "FAULT_INJECT kill learner[1]" in proc.stdout + proc.stderr
     run = tmp_path / "rewind"
+    _report_recovery(run)
     rows = read_metrics(run / "metrics.jsonl")
     assert _steps(rows) == [1, 2, 3, 4]  # each step once; the undone row moved aside
     assert rows[-1]["fault/restarts_learner"] == 1
@@ -122,6 +138,7 @@ def test_critic_death_before_any_checkpoint_rewinds_to_the_start(run_cli, tmp_pa
     )
     assert "FAULT_INJECT kill critic[0]" in proc.stdout + proc.stderr
     run = tmp_path / "critic"
+    _report_recovery(run)
     rows = read_metrics(run / "metrics.jsonl")
     assert _steps(rows) == [1, 2]
     assert [r["fault/restarts_critic"] for r in rows] == [1.0, 1.0]
