@@ -221,6 +221,8 @@ class RewardPipeline:
                 if vs:
                     metrics[f"reward/{name}/{k}"] = sum(vs) / len(vs)
         metrics["reward/time_s"] = time.perf_counter() - t0
+        if self.pool is not None:
+            metrics["fault/restarts_reward_worker"] = float(self.pool.deaths)
         return scores, metrics
 
     def _combine(

@@ -157,6 +157,7 @@ class WorkerPool:
         self._closed = False
         self._local: dict = {}
         self.restarts = 0
+        self.deaths = 0  # workers that died under a call (that call was retried once)
         for _ in range(n):
             self._add()
         self._finalizer = weakref.finalize(self, _shutdown, self._all)
@@ -225,11 +226,30 @@ class WorkerPool:
         step: int = 0,
     ) -> CallResult | RewardError:
         """One call; a whole-call failure (exception, timeout, dead worker) is returned, not raised."""
-        n = len(completions)
         if self.n == 0:
             return self._call_here(
                 name, spec, style, answer_key, prompts, completions, columns, step
             )
+        args = (name, spec, style, answer_key, prompts, completions, columns, step)
+        out = self._call_once(*args)
+        if isinstance(out, RewardError) and out.detail.startswith("worker process died"):
+            # killed from outside (OOM killer, preemption): a fresh worker scores the batch again
+            self.deaths += 1
+            out = self._call_once(*args)
+        return out
+
+    def _call_once(
+        self,
+        name: str,
+        spec: str,
+        style: str,
+        answer_key: str,
+        prompts: list,
+        completions: list,
+        columns: dict,
+        step: int,
+    ) -> CallResult | RewardError:
+        n = len(completions)
         w = self._idle.get()
         try:
             w.wait_ready()

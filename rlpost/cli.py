@@ -11,6 +11,7 @@ from collections.abc import Callable
 from algorithms import ALGORITHMS
 from rlpost.config import ConfigError, field_docs, load_config
 from rlpost.models import tiny
+from rlpost.runtime.fault import ActorFailure
 from rlpost.trainer import train
 
 
@@ -19,7 +20,11 @@ def _train(args: argparse.Namespace) -> int:
         args.recipe, args.overrides + (["trainer.resume=true"] if args.resume else [])
     )
 
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except ActorFailure as e:  # a spent restart budget or a gone node: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"run directory: {run_dir}")
     return 0
 
@@ -116,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM (rlpost.runtime.fault.Terminated): 143
+        code = getattr(e, "exit_code", 130)
+        print("terminated" if code == 143 else "interrupted", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

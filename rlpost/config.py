@@ -279,6 +279,13 @@ class TrainerConfig:
     resume: bool = _f(False, "continue from the latest checkpoint in the run directory")
     export_hf: bool = _f(True, "export the final policy in Hugging Face format")
     max_steps_this_run: int = _f(0, "stop after this many steps this invocation (0 = no limit)")
+    max_restarts: int = _f(
+        3, "restarts per actor group after an actor dies (a learner death reloads the checkpoint)"
+    )
+    actor_timeout_s: float = _f(
+        1800.0, "longest wait on any actor call before failing (its node may be gone, or it hung)"
+    )
+    start_timeout_s: float = _f(1800.0, "longest wait for an actor to start and load its model")
 
 
 @dataclass
@@ -565,6 +572,14 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     ]:
         if val < 1:
             raise ConfigError(f"{key}: must be >= 1, got {val}")
+    if t.max_restarts < 0:
+        raise ConfigError(f"trainer.max_restarts: must be >= 0, got {t.max_restarts}")
+    for key, secs in [
+        ("trainer.actor_timeout_s", t.actor_timeout_s),
+        ("trainer.start_timeout_s", t.start_timeout_s),
+    ]:
+        if secs <= 0:
+            raise ConfigError(f"{key}: must be > 0 seconds, got {secs}")
     if lrn.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage: must be 0, 1, 2 or 3, got {lrn.zero_stage}")
     rows = t.prompts_per_step * r.n

@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
 from envs.base import get_task
 from envs.verify import numeric_match
 from rlpost.batch import Batch, build_sequences
@@ -240,7 +238,7 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
     )
 
     def reward_fn(prompts: list[str], texts: list[str], cols: dict) -> list[float | None]:
-        scores, _ = ray.get(trainer.reward.score_async(prompts, texts, cols, trainer.step))
+        scores, _ = trainer.reward.score_async(prompts, texts, cols, trainer.step).result()
         return scores
 
     data_spec = cfg.data.eval or cfg.data.train
@@ -255,7 +253,7 @@ def evaluate_in_loop(trainer: Any) -> dict[str, float]:
     if ref is not None:
         pad = trainer.tokenizer.pad_token_id or 0
         batch = sequences(rows, sampled, pad)
-        ref_lp = ray.get(ref.logprobs_async(batch))
+        ref_lp = ref.logprobs_async(batch).result()
         m.update(kl_metrics(batch["old_logp"], ref_lp, batch["response_mask"]))
     tokens = sum(len(s["token_ids"]) for g in greedy + sampled for s in g)
     out = {f"eval/{k}": float(v) for k, v in m.items()}

@@ -128,6 +128,28 @@ class Tracker:
             self.tb.close()
 
 
+def batch_metrics(batch: Any, exp: Any, step_s: float) -> dict[str, float]:
+    """Throughput, lengths and policy versions of one step's batch."""
+    mask = batch["response_mask"]
+    resp_tokens = float(mask.sum())
+    versions = batch.columns.get("policy_version", [exp.policy_version])
+    return {
+        "timing_s/step": step_s,
+        "timing_s/generate_engine": exp.gen_seconds,
+        "perf/tokens_per_s": resp_tokens / max(step_s, 1e-9),
+        "perf/gen_tokens_per_s": resp_tokens / max(exp.gen_seconds, 1e-9),
+        "response/length_mean": resp_tokens / max(len(batch), 1),
+        "response/clip_frac": sum(f == "length" for f in batch.columns.get("finish_reason", []))
+        / max(len(batch), 1),
+        "policy_version": float(exp.policy_version),
+        "rollout/sample_version_min": float(min(versions)),
+        "batch/rows": float(len(batch)),
+        **(
+            {"env/turns_mean": sum(batch["turns"]) / max(len(batch), 1)} if "turns" in batch else {}
+        ),
+    }
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

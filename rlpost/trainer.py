@@ -10,6 +10,7 @@ WeightSync.sync (rlpost/runtime/sync.py); actors start in rlpost/runtime/cluster
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -26,10 +27,11 @@ from rlpost.config import Config, ConfigError
 from rlpost.data import PromptSampler, load_prompts
 from rlpost.evaluation import evaluate_in_loop
 from rlpost.models.hf import load_tokenizer
+from rlpost.runtime import fault
 from rlpost.runtime.cluster import Actors, connect_ray, start_actors
 from rlpost.runtime.experience import ActorExperience
 from rlpost.runtime.frozen import check_same_tokenizer
-from rlpost.tracking import Timer, Tracker, setup_logging
+from rlpost.tracking import Timer, Tracker, batch_metrics, setup_logging
 
 log = logging.getLogger("rlpost")
 
@@ -64,6 +66,8 @@ class Trainer:
 
         t0 = time.time()
         connect_ray(cfg)
+        fault.catch_sigterm()  # after ray.init, which installs a handler of its own
+        checkpoint.check_shared_storage(self.run_dir)
         objective = functools.partial(build_algorithm, cfg)  # each learner rank builds its loss
         self.actors = start_actors(cfg, needs, objective, self.actors)
         act = self.actors
@@ -88,6 +92,7 @@ class Trainer:
 
         self.step = 0
         self.ckpt_root = self.run_dir / "checkpoints"
+        self._start = copy.deepcopy({**self._state(), "rng": checkpoint.rng_state()})
         if cfg.trainer.resume:
             self._resume()
 
@@ -99,7 +104,33 @@ class Trainer:
         if path is None:
             log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
             return
-        state = checkpoint.load(path, self._ckpt_groups())
+        self._load_state(checkpoint.load(path, self._ckpt_groups()))
+        checkpoint.set_aside_metrics(self.run_dir, self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def rewind(self, why: fault.Rewind) -> None:
+        """A learner/critic rank died and its group was rebuilt: back to the last checkpoint (or
+        the start), engines re-synced; rows of the undone steps move to metrics.undone.jsonl."""
+        log.warning("%s: back to the last checkpoint", why)
+        if checkpoint.latest(self.ckpt_root) is not None:
+            return self._resume()
+        for g in self._ckpt_groups().values():
+            if g.group != why.group:  # trained past the start: back to fresh weights too
+                g.rebuild()
+        checkpoint.set_rng_state(self._start["rng"])
+        self._load_state(copy.deepcopy(self._start))
+        checkpoint.set_aside_metrics(self.run_dir, self.step)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "algorithm": self.algo.state_dict(),
+            "policy_version": self.exp.policy_version,
+            "reward": self.reward.state_dict() if self.reward is not None else {},
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
         self.algo.load_state_dict(state["algorithm"])
@@ -108,21 +139,9 @@ class Trainer:
             self.reward.load_state_dict(state["reward"])
         if self.actors.weight_sync is not None:
             self.actors.weight_sync.sync(self.exp.policy_version)
-        log.info("resumed from %s at step %d", path, self.step)
 
     def _save(self) -> None:
-        checkpoint.save(
-            self.ckpt_root,
-            self.step,
-            self._ckpt_groups(),
-            {
-                "step": self.step,
-                "sampler": self.sampler.state_dict(),
-                "algorithm": self.algo.state_dict(),
-                "policy_version": self.exp.policy_version,
-                "reward": self.reward.state_dict() if self.reward is not None else {},
-            },
-        )
+        checkpoint.save(self.ckpt_root, self.step, self._ckpt_groups(), self._state())
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -135,6 +154,7 @@ class Trainer:
         try:
             while self.step < stop_at:
                 timer, t_step = Timer(), time.perf_counter()
+                fault.inject(self.step + 1, self)  # test hook; a no-op unless asked
                 exp.step, exp.gen_seconds = self.step, 0.0
 
                 prompts = self.sampler.next(cfg.trainer.prompts_per_step)
@@ -152,7 +172,8 @@ class Trainer:
                         metrics.update(self._sync())
 
                 metrics.update(timer.times)
-                metrics.update(self._batch_metrics(batch, exp, time.perf_counter() - t_step))
+                metrics.update(fault.metrics(self.actors.groups))
+                metrics.update(batch_metrics(batch, exp, time.perf_counter() - t_step))
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
                     metrics.update(evaluate_in_loop(self))
                 tracker.log(self.step, metrics)
@@ -197,28 +218,6 @@ class Trainer:
         self.exp.policy_version += 1
         return self.actors.weight_sync.sync(self.exp.policy_version, self.cfg.rollout.verify_sync)
 
-    def _batch_metrics(self, batch: Any, exp: Any, step_s: float) -> dict[str, float]:
-        mask = batch["response_mask"]
-        resp_tokens = float(mask.sum())
-        versions = batch.columns.get("policy_version", [exp.policy_version])
-        return {
-            "timing_s/step": step_s,
-            "timing_s/generate_engine": exp.gen_seconds,
-            "perf/tokens_per_s": resp_tokens / max(step_s, 1e-9),
-            "perf/gen_tokens_per_s": resp_tokens / max(exp.gen_seconds, 1e-9),
-            "response/length_mean": resp_tokens / max(len(batch), 1),
-            "response/clip_frac": sum(f == "length" for f in batch.columns.get("finish_reason", []))
-            / max(len(batch), 1),
-            "policy_version": float(exp.policy_version),
-            "rollout/sample_version_min": float(min(versions)),
-            "batch/rows": float(len(batch)),
-            **(
-                {"env/turns_mean": sum(batch["turns"]) / max(len(batch), 1)}
-                if "turns" in batch
-                else {}
-            ),
-        }
-
     def _check_finite(self, metrics: dict[str, Any]) -> None:
         bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
         if bad:
@@ -235,6 +234,7 @@ def train(cfg: Config) -> Path:
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        return trainer.fit()
+        return fault.until_done(trainer.fit, trainer.rewind)
     finally:
-        trainer.shutdown()
+        with fault.signals_deferred():  # a second Ctrl-C / SIGTERM must not cut teardown short
+            trainer.shutdown()

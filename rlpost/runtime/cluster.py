@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from rlpost.config import Config
-from rlpost.runtime import placement
+from rlpost.runtime import fault, placement
 from rlpost.runtime.frozen import FrozenGroup
 from rlpost.runtime.learner import LearnerGroup
 from rlpost.runtime.reward import RewardGroup
@@ -55,12 +55,15 @@ class Actors:
     groups: list[Any] = field(default_factory=list)  # shutdown order is the reverse
 
     def shutdown(self) -> None:
+        handles = [a for g in self.groups for a in fault.handles(g)]
         for g in reversed(self.groups):
             try:
                 g.shutdown()
             except Exception as e:  # noqa: BLE001 - keep tearing down the rest
                 log.warning("shutdown of %s failed: %s", type(g).__name__, e)
         self.groups = []
+        if fault.wait_dead(handles):  # ray.kill only queues the kill: a shared cluster stays clean
+            log.warning("some actors still answered after being killed twice")
         if self.placed is not None:
             try:
                 self.placed.remove()
@@ -90,10 +93,12 @@ def start_actors(
         a.groups.append(group)
         return group
 
-    a.rollout = up(RolloutGroup(cfg, cfg.model.path, placed)) if needs.rollout else None
-    a.learners = up(LearnerGroup(cfg, "policy", placed, "learner", make_objective))
+    reg = a.groups.append  # these register before they block: an interrupt tears them down too
+    if needs.rollout:
+        a.rollout = RolloutGroup(cfg, cfg.model.path, placed, reg)
+    a.learners = LearnerGroup(cfg, "policy", placed, "learner", make_objective, reg)
     if needs.critic:
-        a.critic = up(LearnerGroup(cfg, "critic", placed, "critic", make_objective))
+        a.critic = LearnerGroup(cfg, "critic", placed, "critic", make_objective, reg)
     if sizes["reference"]:
         a.reference = up(
             FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", placed)
@@ -104,4 +109,6 @@ def start_actors(
         a.reward = up(RewardGroup(cfg, placed))
     if a.rollout is not None:
         a.weight_sync = WeightSync(cfg, a.learners, a.rollout)
+        # a restarted engine gets the current weights through the object store
+        a.rollout.weight_source = lambda: a.learners.export_weights(cfg.rollout.sync_bucket_mb)
     return a

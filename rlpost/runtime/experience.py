@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
 import torch
 
 from rlpost.batch import Batch, build_sequences
@@ -141,7 +140,7 @@ class ActorExperience:
         return out
 
     # -------------------------------------------------------------------- scoring
-    def score_async(self, batch: Batch) -> ray.ObjectRef:
+    def score_async(self, batch: Batch) -> Any:
         columns = {
             k: v
             for k, v in batch.columns.items()
@@ -151,8 +150,8 @@ class ActorExperience:
             list(batch["prompt"]), list(batch["completion"]), columns, self.step
         )
 
-    def finish_scores(self, batch: Batch, ref: ray.ObjectRef) -> tuple[Batch, dict]:
-        scores, metrics = ray.get(ref)
+    def finish_scores(self, batch: Batch, pending: Any) -> tuple[Batch, dict]:
+        scores, metrics = pending.result()  # a reward actor that died is replaced and asked again
         if len(scores) != len(batch):
             raise RewardOutputError(
                 f"reward group returned {len(scores)} scores for {len(batch)} rows"
@@ -172,10 +171,10 @@ class ActorExperience:
         return metrics
 
     def ref_logp(self, batch: Batch) -> torch.Tensor:
-        return ray.get(self.reference.logprobs_async(batch))
+        return self.reference.logprobs_async(batch).result()
 
     def teacher_logp(self, batch: Batch) -> torch.Tensor:
-        return ray.get(self.teacher.logprobs_async(batch))
+        return self.teacher.logprobs_async(batch).result()
 
     def policy_logp(self, batch: Batch) -> torch.Tensor:
         return self.learners.forward(batch)
@@ -194,7 +193,7 @@ class ActorExperience:
             batch.tensors["values"] = self.critic.forward(batch)
         for key, fut in futures.items():
             if key != "scores":
-                batch.tensors[key] = ray.get(fut)
+                batch.tensors[key] = fut.result()
         if "scores" in futures:
             batch, metrics = self.finish_scores(batch, futures["scores"])
         return batch, metrics

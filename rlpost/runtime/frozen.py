@@ -10,6 +10,7 @@ import torch
 from rlpost.batch import Batch, length_order
 from rlpost.config import Config
 from rlpost.models.hf import causal_logprobs, load_model, load_tokenizer
+from rlpost.runtime import fault
 
 
 class FrozenWorker:
@@ -38,22 +39,37 @@ class FrozenWorker:
 
 
 class FrozenGroup:
-    """One frozen model actor (Reference or Teacher); ``logprobs`` returns an ObjectRef-able call."""
+    """One frozen model actor (Reference or Teacher). ``logprobs_async`` returns a
+    :class:`fault.Pending`: if the actor dies it is recreated on its bundle and the batch redone."""
 
     def __init__(self, cfg: Config, path: str, group: str, placed: Any = None) -> None:
         cpus = cfg.placement.aux_cpus if hasattr(cfg.placement, "aux_cpus") else 0.25
-        opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": cfg.learner.gpus_per_rank}
+        self.opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": cfg.learner.gpus_per_rank}
         if placed is not None:
-            opts["scheduling_strategy"] = placed.strategy(group, 0)
-        threads = cfg.learner.torch_threads or 1
-        self.actor = ray.remote(FrozenWorker).options(**opts).remote(cfg, path, threads)
-        self.path = path
+            self.opts["scheduling_strategy"] = placed.strategy(group, 0)
+        self.cfg, self.path, self.group = cfg, path, group
+        self.guard = fault.Guard(cfg, group)
+        self.actor = self._new()
 
-    def logprobs_async(self, batch: Batch) -> ray.ObjectRef:
-        return self.actor.logprobs.remote(batch)
+    def _new(self) -> Any:
+        threads = self.cfg.learner.torch_threads or 1
+        return ray.remote(FrozenWorker).options(**self.opts).remote(self.cfg, self.path, threads)
+
+    def guards(self) -> list[fault.Guard]:
+        return [self.guard]
+
+    def restart(self) -> None:
+        fault.kill_quietly([self.actor])
+        self.actor = self._new()
+
+    def logprobs_async(self, batch: Batch) -> fault.Pending:
+        ref = ray.put(batch)  # one copy, whether the call runs once or again after a restart
+        return fault.Pending(
+            self.guard, f"{self.group}[0]", lambda: self.actor.logprobs.remote(ref), self.restart
+        )
 
     def shutdown(self) -> None:
-        ray.kill(self.actor)
+        fault.kill_quietly([self.actor])
 
 
 def check_same_tokenizer(student: str, teacher: str) -> None:

@@ -22,6 +22,7 @@ import torch
 from rlpost.batch import Batch, length_order
 from rlpost.config import Config
 from rlpost.models.hf import causal_logprobs, load_model
+from rlpost.runtime import fault
 from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
 from rlpost.runtime.weight_group import (
     SRC,
@@ -400,7 +401,11 @@ class LearnerWorker:
 
 
 class LearnerGroup:
-    """N ranks of ``LearnerWorker``; the driver sees one object with collective methods."""
+    """N ranks of ``LearnerWorker``; the driver sees one object with collective methods.
+
+    A rank that dies takes the whole group down with it (the survivors sit in a collective that
+    will never complete): every rank is killed and rebuilt on its bundle, and :class:`fault.Rewind`
+    tells the trainer to reload the last checkpoint (``trainer.max_restarts`` times)."""
 
     def __init__(
         self,
@@ -409,47 +414,86 @@ class LearnerGroup:
         placed: Any = None,
         group: str = "learner",
         make_objective: Callable[[], Any] | None = None,
+        on_create: Callable[[LearnerGroup], None] | None = None,
     ):
         """``make_objective`` builds, inside each rank, the object whose ``loss`` (or
         ``critic_loss``) the rank minimises: the learner runs a loss, it never picks one."""
         self.cfg = cfg
         self.role = role
+        self.placed, self.group = placed, group
+        self.make_objective = make_objective
+        self.guard = fault.Guard(cfg, group)
         lrn = cfg.learner
         self.world = cfg.critic.ranks if role == "critic" else lrn.ranks
+        rows = cfg.trainer.prompts_per_step * cfg.rollout.n
+        mini = lrn.mini_batch_size or rows
+        per_rank = mini // self.world
+        self.micro = min(lrn.micro_batch_size, per_rank)
+        self.gas = per_rank // self.micro
+        self.mini = mini
+        self.workers: list[Any] = []
+        if on_create is not None:
+            on_create(self)  # registered for teardown before anything blocks
+        t0 = time.time()
+        self._build()
+        self.startup_s = time.time() - t0
+
+    def _build(self) -> None:
+        """Create and initialise every rank (at start, and after a rank died)."""
+        cfg, lrn = self.cfg, self.cfg.learner
         port = free_port()
         actor = ray.remote(LearnerWorker)
         self.workers = []
         addr = None
         for rank in range(self.world):
             opts: dict[str, Any] = {"num_cpus": lrn.cpus_per_rank, "num_gpus": lrn.gpus_per_rank}
-            if placed is not None:
-                opts["scheduling_strategy"] = placed.strategy(group, rank)
+            if self.placed is not None:
+                opts["scheduling_strategy"] = self.placed.strategy(self.group, rank)
             if addr is None:
-                w0 = actor.options(**opts).remote(cfg, role, 0, self.world, "127.0.0.1", port)
-                addr = ray.get(w0.node_ip.remote())
+                w0 = actor.options(**opts).remote(cfg, self.role, 0, self.world, "127.0.0.1", port)
+                self.workers.append(w0)  # killed by shutdown if interrupted here
+                addr = self.guard.get(
+                    w0.node_ip.remote(), "rank 0 start", self.guard.start_timeout_s
+                )
+                self.workers.remove(w0)
                 ray.kill(w0)
             self.workers.append(
                 actor.options(**opts).remote(
-                    cfg, role, rank, self.world, addr, port, make_objective
+                    cfg, self.role, rank, self.world, addr, port, self.make_objective
                 )
             )
         self.master_addr = addr
-        rows = cfg.trainer.prompts_per_step * cfg.rollout.n
-        mini = lrn.mini_batch_size or rows
-        per_rank = mini // self.world
-        self.micro = min(lrn.micro_batch_size, per_rank)
-        gas = per_rank // self.micro
-        self.mini = mini
-        t0 = time.time()
-        self.num_params = ray.get(
-            [w.init.remote(self.micro, gas, cfg.trainer.seed) for w in self.workers]
-        )[0]
-        self.startup_s = time.time() - t0
+        inits = [w.init.remote(self.micro, self.gas, cfg.trainer.seed) for w in self.workers]
+        self.num_params = self._get(inits, "init", self.guard.start_timeout_s)[0]
+
+    def guards(self) -> list[fault.Guard]:
+        return [self.guard]
+
+    def rebuild(self) -> None:
+        """Fresh ranks with the initial weights (a rewind to the start of the run)."""
+        fault.kill_quietly(self.workers)
+        self._build()
+
+    def _get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
+        """Wait for one call on every rank; a dead rank rebuilds the group and raises Rewind."""
+        try:
+            return self.guard.get_all(refs, f"{self.group} ranks ({what})", timeout_s)
+        except ray.exceptions.RayError as err:
+            # a survivor's collective fails too ("connection closed by peer"): find the death
+            e = err if isinstance(err, fault.DEATH) else fault.find_death(refs)
+            if e is None:
+                raise
+            rank = _dead_rank(e, self.workers)
+            self.guard.spend(f"{self.group}[{rank}]", e)
+            self.rebuild()
+            raise fault.Rewind(self.group, f"{self.group}[{rank}]", fault.cause_of(e)) from e
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """No-grad log-probs/values of a whole batch, split across ranks."""
         parts = _even_chunks(batch, self.world)
-        outs = ray.get([w.forward.remote(p, self.micro) for w, p in zip(self.workers, parts)])
+        outs = self._get(
+            [w.forward.remote(p, self.micro) for w, p in zip(self.workers, parts)], "forward"
+        )
         width = batch["input_ids"].shape[1]
         return torch.cat(
             [torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs if len(o)]
@@ -482,11 +526,12 @@ class LearnerGroup:
                 for r, part in enumerate(_even_chunks(mb, self.world, row_multiple)):
                     per_rank[r].append(part)
         refs = [ray.put(p) for p in per_rank]
-        results = ray.get(
+        results = self._get(
             [
                 w.train.remote(ref, counts, self.micro, row_multiple)
                 for w, ref in zip(self.workers, refs)
-            ]
+            ],
+            "train",
         )
         return {
             k: sum(r.get(k, 0.0) for r in results) / (1 if k.startswith("loss/") else len(results))
@@ -494,22 +539,22 @@ class LearnerGroup:
         }
 
     def export_weights(self, bucket_mb: float) -> list:
-        return ray.get([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
+        return self._get([w.export_weights.remote(bucket_mb) for w in self.workers], "export")[0]
 
     def checksums(self, names: list[str]) -> dict[str, str]:
-        return ray.get([w.checksums.remote(names) for w in self.workers])[0]
+        return self._get([w.checksums.remote(names) for w in self.workers], "checksums")[0]
 
     def param_names(self) -> list[str]:
-        return ray.get(self.workers[0].param_names.remote())
+        return self._get([self.workers[0].param_names.remote()], "param_names")[0]
 
     def weight_meta(self) -> tuple[list, dict[str, list[str]]]:
-        return ray.get(self.workers[0].weight_meta.remote())
+        return self._get([self.workers[0].weight_meta.remote()], "weight_meta")[0]
 
     def device_ids(self) -> list[str]:
-        return ray.get([w.device_id.remote() for w in self.workers])
+        return self._get([w.device_id.remote() for w in self.workers], "device_ids")
 
     def weight_group_address(self) -> tuple[str, int]:
-        return ray.get(self.workers[0].weight_group_address.remote())
+        return self._get([self.workers[0].weight_group_address.remote()], "weight_group")[0]
 
     def weight_group_init(self, host: str, port: int, world: int, timeout_s: float) -> list:
         return [w.weight_group_init.remote(host, port, world, timeout_s) for w in self.workers]
@@ -526,18 +571,26 @@ class LearnerGroup:
         ray.get([w.ipc_release.remote() for w in self.workers])
 
     def save(self, path: str, client_state: dict) -> None:
-        ray.get([w.save.remote(path, client_state) for w in self.workers])
+        self._get([w.save.remote(path, client_state) for w in self.workers], "save")
 
     def load(self, path: str) -> dict:
-        return ray.get([w.load.remote(path) for w in self.workers])[0]
+        return self._get([w.load.remote(path) for w in self.workers], "load")[0]
 
     def export_hf(self, path: str) -> None:
-        ray.get([w.export_hf.remote(path) for w in self.workers])
+        self._get([w.export_hf.remote(path) for w in self.workers], "export_hf")
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
+        fault.kill_quietly(self.workers)
         self.workers = []
+
+
+def _dead_rank(err: BaseException, workers: list) -> int | str:
+    """Which rank an actor-death error is about (Ray names the actor id), else '?'."""
+    dead = getattr(err, "actor_id", None)
+    for rank, w in enumerate(workers):
+        if dead and w._actor_id.hex() == dead:
+            return rank
+    return "?"
 
 
 def _even_chunks(batch: Batch, n: int, row_multiple: int = 1) -> list[Batch]:

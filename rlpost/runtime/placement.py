@@ -617,7 +617,11 @@ def place(plan: Plan, timeout_s: float = 60, check: bool = True, name: str = "")
     if check:
         check_fits(plan)
     pg = placement_group(plan.slots(), strategy=plan.strategy, name=name)
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    except BaseException:  # Ctrl-C / SIGTERM while waiting: the caller never sees the group
+        remove_placement_group(pg)
+        raise
     if not ready:
         remove_placement_group(pg)
         keys = set(plan.totals()) | {"CPU", "GPU"}

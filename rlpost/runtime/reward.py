@@ -8,32 +8,56 @@ from typing import Any
 import ray
 
 from rlpost.config import Config
+from rlpost.runtime import fault
 
 
 class RewardGroup:
+    """The reward actor. If it dies it is recreated on its bundle with the normaliser state of
+    the last checkpoint, and the batch it owed is scored again (see rlpost/runtime/fault.py)."""
+
     def __init__(self, cfg: Config, placed: Any = None) -> None:
+        cpus = getattr(cfg.placement, "aux_cpus", 0.25)
+        self.opts: dict[str, Any] = {"num_cpus": cpus}
+        if placed is not None:
+            self.opts["scheduling_strategy"] = placed.strategy("reward", 0)
+        self.cfg = cfg
+        self.guard = fault.Guard(cfg, "reward")
+        self._state: dict = {}  # what a replacement actor starts from
+        self.actor = self._new()
+
+    def _new(self) -> Any:
         from rewards.pipeline import RewardPipeline
 
-        cpus = getattr(cfg.placement, "aux_cpus", 0.25)
-        opts: dict[str, Any] = {"num_cpus": cpus}
-        if placed is not None:
-            opts["scheduling_strategy"] = placed.strategy("reward", 0)
-        self.actor = ray.remote(RewardPipeline).options(**opts).remote(cfg)
+        return ray.remote(RewardPipeline).options(**self.opts).remote(self.cfg)
+
+    def guards(self) -> list[fault.Guard]:
+        return [self.guard]
+
+    def restart(self) -> None:
+        fault.kill_quietly([self.actor])
+        self.actor = self._new()
+        if self._state:
+            self.guard.get(self.actor.load_state_dict.remote(self._state), "reward[0] state")
 
     def score_async(
         self, prompts: list[str], completions: list[str], columns: dict[str, list], step: int
-    ) -> ray.ObjectRef:
-        return self.actor.score.remote(prompts, completions, columns, step)
+    ) -> fault.Pending:
+        def submit() -> ray.ObjectRef:
+            return self.actor.score.remote(prompts, completions, columns, step)
+
+        return fault.Pending(self.guard, "reward[0]", submit, self.restart)
 
     def state_dict(self) -> dict:
-        return ray.get(self.actor.state_dict.remote())
+        self._state = self.guard.get(self.actor.state_dict.remote(), "reward[0] state")
+        return self._state
 
     def load_state_dict(self, state: dict) -> None:
-        ray.get(self.actor.load_state_dict.remote(state))
+        self._state = state
+        self.guard.get(self.actor.load_state_dict.remote(state), "reward[0] state")
 
     def shutdown(self) -> None:
         try:
             ray.get(self.actor.close.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
-        ray.kill(self.actor)
+        fault.kill_quietly([self.actor])

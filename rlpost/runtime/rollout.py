@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
 import torch
 
 from rlpost.config import Config
+from rlpost.runtime import fault
 
 
 def _sampling_params(n: int, max_tokens: int, r: Any, seed: int | None, **kw: Any):
@@ -205,25 +206,69 @@ class VLLMEngine:
 
 
 class RolloutGroup:
-    """k engines; a batch of prompts is split evenly across them and generated concurrently."""
+    """k engines; a batch of prompts is split evenly across them and generated concurrently.
 
-    def __init__(self, cfg: Config, model_path: str, placed: Any = None) -> None:
+    An engine that dies is recreated on its placement bundle, given the current weights by
+    ``weight_source`` (set by the trainer; the same version check as a normal sync) and handed
+    the call it owed again (``trainer.max_restarts`` times; see rlpost/runtime/fault.py)."""
+
+    def __init__(self, cfg: Config, model_path: str, placed: Any = None, on_create=None) -> None:
         self.cfg = cfg
-        r = cfg.rollout
-        actor = ray.remote(VLLMEngine)
+        self.model_path, self.placed = model_path, placed
+        self.guard = fault.Guard(cfg, "rollout")
+        self.weight_source: Callable[[], list] | None = None  # () -> weight bucket refs
+        self.restarts = 0
         self.engines = []
-        for i in range(r.engines):
-            opts: dict[str, Any] = {
-                "num_cpus": r.cpus_per_engine,
-                "num_gpus": r.gpus_per_engine * r.tensor_parallel,
-                "name": None,
-            }
-            if placed is not None:
-                opts["scheduling_strategy"] = placed.strategy("rollout", i)
-            opts.pop("name")
-            self.engines.append(actor.options(**opts).remote(cfg, model_path, i))
-        self.startup_s = max(ray.get([e.ready.remote() for e in self.engines]))
+        if on_create is not None:
+            on_create(self)  # registered for teardown before anything blocks
+        for i in range(cfg.rollout.engines):
+            self.engines.append(self._new_engine(i))
+        ready = self.guard.get(
+            [e.ready.remote() for e in self.engines], "engine start", self.guard.start_timeout_s
+        )
+        self.startup_s = max(ready)
         self.version = 0
+
+    def _new_engine(self, i: int) -> Any:
+        r = self.cfg.rollout
+        opts: dict[str, Any] = {
+            "num_cpus": r.cpus_per_engine,
+            "num_gpus": r.gpus_per_engine * r.tensor_parallel,
+        }
+        if self.placed is not None:
+            opts["scheduling_strategy"] = self.placed.strategy("rollout", i)
+        return ray.remote(VLLMEngine).options(**opts).remote(self.cfg, self.model_path, i)
+
+    def guards(self) -> list[fault.Guard]:
+        return [self.guard]
+
+    def _names(self) -> list[str]:
+        return [f"engine[{i}]" for i in range(len(self.engines))]
+
+    def restart(self, i: int) -> None:
+        """Recreate engine i on its bundle and load the current policy version into it."""
+        fault.kill_quietly([self.engines[i]])
+        self.restarts += 1
+        e = self.engines[i] = self._new_engine(i)
+        self.guard.get(e.ready.remote(), f"engine[{i}] restart", self.guard.start_timeout_s)
+        if self.version > 0:
+            if self.weight_source is None:
+                raise fault.ActorFailure(
+                    f"rollout: engine[{i}] was restarted but no weight source is set to bring "
+                    f"it to policy version {self.version}"
+                )
+            self.guard.get(e.load_weights.remote(self.weight_source(), self.version), "weights")
+        self.check_versions([i])
+
+    def check_versions(self, which: list[int] | None = None) -> None:
+        """Every engine reports the policy version the group last synced (the sync check)."""
+        idx = list(range(len(self.engines))) if which is None else which
+        got = self.guard.get([self.engines[i].get_version.remote() for i in idx], "version")
+        bad = {i: v for i, v in zip(idx, got) if v != self.version}
+        if bad:
+            raise fault.ActorFailure(
+                f"rollout: engines {bad} hold a policy version other than {self.version}"
+            )
 
     def generate(
         self,
@@ -237,28 +282,35 @@ class RolloutGroup:
         max_tokens = max_tokens or self.cfg.rollout.max_new_tokens
         k = len(self.engines)
         parts = [list(range(i, len(prompt_ids), k)) for i in range(k)]
-        futures = []
-        for e, idx in zip(self.engines, parts):
-            if idx:
-                s = [seeds[i] for i in idx] if seeds is not None else None
-                futures.append(
-                    (idx, e.generate.remote([prompt_ids[i] for i in idx], n, max_tokens, s, **kw))
-                )
+
+        def submit(i: int) -> ray.ObjectRef | None:
+            idx = parts[i]
+            if not idx:
+                return None
+            s = [seeds[j] for j in idx] if seeds is not None else None
+            ids = [prompt_ids[j] for j in idx]
+            return self.engines[i].generate.remote(ids, n, max_tokens, s, **kw)
+
+        results = fault.call_each(self.guard, self._names(), submit, self.restart)
         out: list[list[dict]] = [[] for _ in prompt_ids]
         secs = 0.0
-        for idx, fut in futures:
-            res = ray.get(fut)
+        for i, res in results.items():
             secs = max(secs, res["seconds"])
-            for i, samples in zip(idx, res["samples"]):
-                out[i] = samples
+            for j, samples in zip(parts[i], res["samples"]):
+                out[j] = samples
         return out, secs
 
     def load_weights(self, bucket_refs: list, version: int) -> None:
-        ray.get([e.load_weights.remote(bucket_refs, version) for e in self.engines])
-        self.version = version
+        self.version = version  # an engine restarted meanwhile is brought to this version
+
+        def submit(i: int) -> ray.ObjectRef:
+            return self.engines[i].load_weights.remote(bucket_refs, version)
+
+        fault.call_each(self.guard, self._names(), submit, self.restart)
+        self.check_versions()
 
     def checksums(self, names: list[str]) -> list[dict[str, str]]:
-        return ray.get([e.checksums.remote(names) for e in self.engines])
+        return self.guard.get([e.checksums.remote(names) for e in self.engines], "checksums")
 
     def device_ids(self) -> list[list[str]]:
         return ray.get([e.device_ids.remote() for e in self.engines])
@@ -285,12 +337,11 @@ class RolloutGroup:
         return ray.get([e.peak_memory_gb.remote() for e in self.engines])
 
     def sleep(self) -> None:
-        ray.get([e.sleep.remote() for e in self.engines])
+        self.guard.get([e.sleep.remote() for e in self.engines], "sleep")
 
     def wake_up(self) -> None:
-        ray.get([e.wake_up.remote() for e in self.engines])
+        self.guard.get([e.wake_up.remote() for e in self.engines], "wake_up")
 
     def shutdown(self) -> None:
-        for e in self.engines:
-            ray.kill(e)
+        fault.kill_quietly(self.engines)
         self.engines = []

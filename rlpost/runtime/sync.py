@@ -101,6 +101,12 @@ class WeightSync:
         per-tensor checksums of every tensor the engines keep in checkpoint layout (vLLM fuses
         q/k/v and repacks linear weights on CPU: those are covered by ``rollout/logprob_diff``)."""
         t0 = time.perf_counter()
+        if self.transport == "collective" and self.rollout.restarts:
+            log.warning(
+                "weight sync: a restarted engine is not in the weight-update group; the object "
+                "store carries the weights from now on"
+            )
+            self.transport = "object_store"
         if self.transport == "collective":
             recv = self.rollout.group_receive(self.wire_plan, self.expected, version)
             ray.get(recv + self.learners.broadcast_weights(self.wire_plan))

@@ -128,7 +128,9 @@ def _wait_no_actors(cluster, timeout: float = 60) -> list:
     return cluster.alive_actors()
 
 
-def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file, sig, code):
+    """Ctrl-C, and SIGTERM (what SLURM and Kubernetes send first), on a shared cluster."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_cluster.address}
     proc = subprocess.Popen(
         [
@@ -155,9 +157,9 @@ def test_ctrl_c_leaves_no_stray_actors(ray_cluster, tmp_path, reward_file):
         assert time.time() - t0 < 300, "training never logged a step"
         time.sleep(1)
     assert ray_cluster.alive_actors(), "expected live actors while training"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-3000:]
+    assert proc.returncode == code, out[-3000:]
     assert _wait_no_actors(ray_cluster) == []
 
 

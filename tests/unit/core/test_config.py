@@ -55,6 +55,8 @@ def test_bare_on_off_read_as_yaml_booleans_still_mean_on_off(tmp_path):
         (["trainer.steps=0"], "trainer.steps: must be >= 1"),
         (["model.path=/no/such/model"], "model.path: model not found: /no/such/model"),
         (["placement.mode=colocate"], "placement.mode: colocate needs GPUs"),
+        (["trainer.max_restarts=-1"], "trainer.max_restarts: must be >= 0, got -1"),
+        (["trainer.actor_timeout_s=0"], "trainer.actor_timeout_s: must be > 0 seconds"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message, tmp_path):

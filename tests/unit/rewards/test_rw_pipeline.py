@@ -92,6 +92,16 @@ def test_dead_worker_is_reported_and_replaced(pool, spec):
     assert call(pool, spec("contains_answer")) == GOOD
 
 
+def test_worker_killed_under_a_call_is_replaced_and_the_call_redone(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLPOST_TEST_MARKER_DIR", str(tmp_path))  # workers inherit the env
+    p = WorkerPool(1, timeout_s=30.0)
+    try:
+        assert call(p, spec("killed_once")) == [1.0] * len(C)
+        assert p.deaths == 1 and (tmp_path / "killed_once").exists()
+    finally:
+        p.close()
+
+
 def test_load_failure_names_the_function(pool, spec):
     with pytest.raises(ValueError, match="'missing'.*could not be loaded.*has no 'missing'"):
         pool.load(spec("missing"), "auto", "answer", "missing")

@@ -6,6 +6,7 @@ Loaded by path (``.../user_rewards.py:NAME``) inside worker processes, like a us
 import asyncio
 import math
 import os
+import signal
 import time
 
 
@@ -103,6 +104,15 @@ def not_a_list(prompts, completions, **kwargs):
 
 def dies(prompts, completions, **kwargs):
     os._exit(7)
+
+
+def killed_once(prompts, completions, **kwargs):
+    """SIGKILLed from outside on its first call (as by the OOM killer); fine the next time."""
+    marker = os.path.join(os.environ["RLPOST_TEST_MARKER_DIR"], "killed_once")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [1.0] * len(completions)
 
 
 def pid(prompts, completions, **kwargs):
