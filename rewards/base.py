@@ -284,7 +284,7 @@ def _row_error(e: BaseException) -> Bad:
     return Bad("exception", f"raised {type(e).__name__}: {e}")
 
 
-def _numbers(values: Any) -> list[float]:
+def to_numbers(values: Any) -> list[float]:
     """A scalar, list or tensor of numbers → floats (non-numbers are left out)."""
     if callable(getattr(values, "tolist", None)):
         values = values.tolist()
@@ -327,7 +327,7 @@ def make_caller(
         extra_cols: dict[str, list] = {}
 
         def log_metric(name: str, value: float) -> None:
-            metrics.setdefault(str(name), []).extend(_numbers(value))
+            metrics.setdefault(str(name), []).extend(to_numbers(value))
 
         def log_extra(column: str, values: list) -> None:
             extra_cols.setdefault(str(column), []).extend(list(values))
@@ -360,9 +360,9 @@ def make_caller(
         extras: dict[str, list[float]] = {}
         if isinstance(out, dict):  # {"rewards", "scores", "extra_logs"}: rewards train
             if "scores" in out:
-                extras["scores"] = _numbers(out["scores"])
+                extras["scores"] = to_numbers(out["scores"])
             for k, v in (out.get("extra_logs") or {}).items():
-                extras[str(k)] = _numbers(v)
+                extras[str(k)] = to_numbers(v)
         return CallResult(to_items(out, len(prompts)), extras)
 
     def call_verl(prompts: list, completions: list, columns: dict, state: Any) -> CallResult:

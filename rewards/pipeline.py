@@ -28,9 +28,9 @@ from rewards.base import (
     canonical_spec,
     check_items,
     function_name,
-    _numbers,
     is_builtin,
     to_items,
+    to_numbers,
 )
 from rewards.workers import WorkerPool
 
@@ -163,9 +163,9 @@ class RewardPipeline:
         extras: dict[str, list[float]] = {}
         if isinstance(out, dict):  # OpenRLHF's answer: rewards train, the rest is logged
             if out.get("scores") is not None:
-                extras["scores"] = _numbers(out["scores"])
+                extras["scores"] = to_numbers(out["scores"])
             for k, v in (out.get("extra_logs") or {}).items():
-                extras[str(k)] = _numbers(v)
+                extras[str(k)] = to_numbers(v)
         return CallResult(to_items(out, len(completions)), extras)
 
     def _columns(self, columns: dict[str, list] | None, n: int) -> dict[str, list]:

@@ -107,3 +107,11 @@ def dies(prompts, completions, **kwargs):
 
 def pid(prompts, completions, **kwargs):
     return [float(os.getpid())] * len(completions)
+
+
+def logs_things(prompts, completions, trainer_state, log_metric, log_extra, **kwargs):
+    """TRL 1.x extras: logs the step it saw and one value per row."""
+    log_metric("seen_step", trainer_state.global_step)
+    log_metric("max_steps", trainer_state.max_steps)
+    log_extra("lengths", [len(c) for c in completions])
+    return [float(len(c)) for c in completions]
