@@ -172,7 +172,9 @@ def create_app(
             return err
         scores, metrics = out
         n = len(scores)
-        logs = {k: [v] * n for k, v in _finite(metrics).items() if v is not None}
+        logs = {
+            k.removeprefix("reward/"): [v] * n for k, v in _finite(metrics).items() if v is not None
+        }
         return {"rewards": scores, "scores": scores, "extra_logs": logs}
 
     return app

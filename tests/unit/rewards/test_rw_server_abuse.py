@@ -54,7 +54,7 @@ def test_get_reward_speaks_openrlhf(app_server):
     assert r.status_code == 200
     out = r.json()
     assert out["rewards"] == [1.0, 0.0] and out["scores"] == [1.0, 0.0]
-    assert out["extra_logs"]["reward/mean"] == [0.5, 0.5]
+    assert out["extra_logs"]["mean"] == [0.5, 0.5]
     wrong = httpx.post(f"{h.url}/get_reward", json={"query": ["a"], "labels": ["1", "2"]})
     assert wrong.status_code == 422 and "'labels'" in wrong.json()["detail"]
     no_query = httpx.post(f"{h.url}/get_reward", json={"prompts": ["a"]})
@@ -71,7 +71,7 @@ def test_remote_client_calls_an_openrlhf_url(app_server, monkeypatch):
     out = rr(["a ", "b ", "c "], ["4", "5", "6"], answer=["4", "0", "6"])
     rr.close()
     assert out["rewards"] == [1.0, 0.0, 1.0]
-    assert len(out["extra_logs"]["reward/mean"]) == 3
+    assert len(out["extra_logs"]["mean"]) == 3
 
 
 def test_hung_function_times_out_and_its_worker_is_replaced(spec):
