@@ -312,9 +312,9 @@ def make_caller(
 ) -> Callable[[list, list, dict, TrainerState | int], CallResult]:
     """Wrap ``fn`` as ``call(prompts, completions, columns, state) -> CallResult`` for its style.
 
-    ``trl`` hands what TRL 1.x hands: every data-set column as a keyword list, conversational
-    prompts and completions (``[{"role": "assistant", "content": ...}]``) when the data set's
-    prompts are messages, ``completion_ids``, ``trainer_state``, ``log_metric`` and
+    ``trl`` hands what TRL 1.x hands: every data-set column as a keyword list, the prompts as the
+    data set wrote them, conversational completions (``[{"role": "assistant", "content": ...}]``)
+    when those prompts are messages, ``completion_ids``, ``trainer_state``, ``log_metric`` and
     ``log_extra``. ``rlpost`` (the built-ins) is the same with text prompts and completions.
     Exceptions raised by a batch-style function propagate (the caller reports them for the whole
     call); per-row functions (verl) report an exception on the row that raised it.
@@ -333,9 +333,11 @@ def make_caller(
             extra_cols.setdefault(str(column), []).extend(list(values))
 
         data = {k: v for k, v in columns.items() if k not in INTERNAL}
-        if resolved == "trl" and _conversational(columns):
-            prompts = list(columns["raw_prompt"])
-            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        raw = columns.get("raw_prompt")
+        if resolved == "trl" and raw is not None and len(raw) == len(completions):
+            prompts = list(raw)  # the data set's prompts as written, as TRL hands them
+            if _conversational(columns):
+                completions = [[{"role": "assistant", "content": c}] for c in completions]
         kwargs = {
             "prompts": prompts,
             "completions": completions,

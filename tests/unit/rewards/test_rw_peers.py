@@ -109,3 +109,15 @@ def test_pipeline_logs_extras_and_log_extra_columns(spec):
     assert m["reward/logs_things/seen_step"] == 2.0
     assert m["reward/logs_things/max_steps"] == 9.0
     assert m["samples/lengths"] == [1, 2]
+
+
+def test_trl_text_prompts_arrive_as_written_and_completions_stay_text():
+    seen = {}
+
+    def reward(prompts, completions, **kw):
+        seen.update(p=prompts, c=completions)
+        return [0.0, 0.0]
+
+    cols = {"raw_prompt": ["1+1?", "2+2?"]}
+    make_caller(reward, "trl")(["<user>1+1?<bot>", "<user>2+2?<bot>"], ["2", "4"], cols, 0)
+    assert seen == {"p": ["1+1?", "2+2?"], "c": ["2", "4"]}
