@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LAUNCH = Path(__file__).resolve().parent / "_launch"
+LAUNCH = (Path(__file__).resolve().parent / "_launch").resolve()  # the source launch/ in a checkout
 KINDS = {"recipe": "recipes", "compare": "compare"}
 
 
