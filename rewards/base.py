@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from rlpost.registry import Registry, absolute_spec, load_object
 
-Style = Literal["trl", "verl", "openrlhf"]
+Style = Literal["trl", "verl", "openrlhf", "rlpost"]
 ErrorKind = Literal["exception", "timeout", "non_finite", "non_number", "wrong_length"]
 ERROR_KINDS: tuple[str, ...] = ("exception", "timeout", "non_finite", "non_number", "wrong_length")
 
@@ -259,49 +259,126 @@ def to_items(result: Any, n: int) -> list[float | None | Bad] | Bad:
 
 
 @dataclass
+class TrainerState:
+    """What TRL passes reward functions as ``trainer_state`` (the fields reward shaping reads)."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+
+
+@dataclass
 class CallResult:
     """What one call of a reward function gave back, in picklable form."""
 
     items: list[float | None | Bad] | Bad  # Bad = the whole call failed
-    extras: dict[str, list[float]] = field(default_factory=dict)  # verl dict's other numeric keys
+    extras: dict[str, list[float]] = field(default_factory=dict)  # numbers logged as their mean
+    columns: dict[str, list] = field(default_factory=dict)  # TRL log_extra: one value per row
+
+
+# Columns the pipeline adds for its own use; never handed to a function as a data-set column.
+INTERNAL = ("raw_prompt", "completion_ids", "_epoch")
 
 
 def _row_error(e: BaseException) -> Bad:
     return Bad("exception", f"raised {type(e).__name__}: {e}")
 
 
+def to_numbers(values: Any) -> list[float]:
+    """A scalar, list or tensor of numbers → floats (non-numbers are left out)."""
+    if callable(getattr(values, "tolist", None)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        values = [values]
+    out = []
+    for v in values:
+        x = to_item(v)
+        if isinstance(x, float) and math.isfinite(x):
+            out.append(x)
+    return out
+
+
+def _as_state(state: TrainerState | int) -> TrainerState:
+    return state if isinstance(state, TrainerState) else TrainerState(global_step=int(state))
+
+
+def _conversational(columns: dict) -> bool:
+    raw = columns.get("raw_prompt")
+    return bool(raw) and all(isinstance(p, list) for p in raw)
+
+
 def make_caller(
     fn: Callable, style: str = "auto", answer_key: str = "answer"
-) -> Callable[[list, list, dict, int], CallResult]:
-    """Wrap ``fn`` as ``call(prompts, completions, columns, step) -> CallResult`` for its style.
+) -> Callable[[list, list, dict, TrainerState | int], CallResult]:
+    """Wrap ``fn`` as ``call(prompts, completions, columns, state) -> CallResult`` for its style.
 
+    ``trl`` hands what TRL 1.x hands: every data-set column as a keyword list, the prompts as the
+    data set wrote them, conversational completions (``[{"role": "assistant", "content": ...}]``)
+    when those prompts are messages, ``completion_ids``, ``trainer_state``, ``log_metric`` and
+    ``log_extra``. ``rlpost`` (the built-ins) is the same with text prompts and completions.
     Exceptions raised by a batch-style function propagate (the caller reports them for the whole
     call); per-row functions (verl) report an exception on the row that raised it.
     """
-    resolved: Style = detect_style(fn) if style == "auto" else style  # type: ignore[assignment]
+    resolved = detect_style(fn) if style == "auto" else style
 
-    def call_trl(prompts: list, completions: list, columns: dict, step: int) -> CallResult:
-        kwargs = _accepted(
-            fn, {"prompts": prompts, "completions": completions, **columns, "step": step}
-        )
-        return CallResult(to_items(_settle(fn(**kwargs)), len(completions)))
+    def call_trl(prompts: list, completions: list, columns: dict, state: Any) -> CallResult:
+        st = _as_state(state)
+        metrics: dict[str, list[float]] = {}
+        extra_cols: dict[str, list] = {}
 
-    def call_openrlhf(prompts: list, completions: list, columns: dict, step: int) -> CallResult:
+        def log_metric(name: str, value: float) -> None:
+            metrics.setdefault(str(name), []).extend(to_numbers(value))
+
+        def log_extra(column: str, values: list) -> None:
+            extra_cols.setdefault(str(column), []).extend(list(values))
+
+        data = {k: v for k, v in columns.items() if k not in INTERNAL}
+        raw = columns.get("raw_prompt")
+        if resolved == "trl" and raw is not None and len(raw) == len(completions):
+            prompts = list(raw)  # the data set's prompts as written, as TRL hands them
+            if _conversational(columns):
+                completions = [[{"role": "assistant", "content": c}] for c in completions]
+        kwargs = {
+            "prompts": prompts,
+            "completions": completions,
+            "completion_ids": columns.get("completion_ids"),
+            **data,
+            "trainer_state": st,
+            "log_metric": log_metric,
+            "log_extra": log_extra,
+            "step": st.global_step,
+        }
+        items = to_items(_settle(fn(**_accepted(fn, kwargs))), len(completions))
+        return CallResult(items, metrics, extra_cols)
+
+    def call_openrlhf(prompts: list, completions: list, columns: dict, state: Any) -> CallResult:
         queries = [f"{p}{c}" for p, c in zip(prompts, completions)]
         labels = list(columns.get(answer_key, columns.get("answer", [None] * len(prompts))))
-        extra = _accepted(fn, {**columns, "step": step})
+        data = {k: v for k, v in columns.items() if k not in INTERNAL}
+        extra = _accepted(fn, {**data, "step": _as_state(state).global_step})
         for k in ("queries", "prompts", "labels"):
             extra.pop(k, None)
-        return CallResult(to_items(_settle(fn(queries, prompts, labels, **extra)), len(prompts)))
+        out = _settle(fn(queries, prompts, labels, **extra))
+        extras: dict[str, list[float]] = {}
+        if isinstance(out, dict):  # {"rewards", "scores", "extra_logs"}: rewards train
+            if "scores" in out:
+                extras["scores"] = to_numbers(out["scores"])
+            for k, v in (out.get("extra_logs") or {}).items():
+                extras[str(k)] = to_numbers(v)
+        return CallResult(to_items(out, len(prompts)), extras)
 
-    def call_verl(prompts: list, completions: list, columns: dict, step: int) -> CallResult:
+    def call_verl(prompts: list, completions: list, columns: dict, state: Any) -> CallResult:
         answers = columns.get(answer_key, columns.get("answer", [None] * len(prompts)))
         sources = columns.get("data_source", ["rlpost"] * len(prompts))
-        skip = {"data_source", answer_key, "answer"}
+        given = columns.get("extra_info")  # verl's own column: handed over as the dict it is
+        skip = {"data_source", answer_key, "answer", "extra_info", *INTERNAL}
         others = {k: v for k, v in columns.items() if k not in skip}
         raw: list[Any] = []
         for i, c in enumerate(completions):
-            extra_info = {k: v[i] for k, v in others.items()}
+            if given is not None and isinstance(given[i], dict):
+                extra_info = dict(given[i])
+            else:
+                extra_info = {k: v[i] for k, v in others.items()}
             kwargs = {
                 "data_source": sources[i],
                 "solution_str": c,
@@ -331,7 +408,10 @@ def make_caller(
             items.append(to_item(r))
         return CallResult(items, extras)
 
-    return {"trl": call_trl, "verl": call_verl, "openrlhf": call_openrlhf}[resolved]
+    callers = {"trl": call_trl, "rlpost": call_trl, "verl": call_verl, "openrlhf": call_openrlhf}
+    if resolved not in callers:
+        raise ValueError(f"reward style '{resolved}': expected one of {sorted(callers)}")
+    return callers[resolved]
 
 
 # ------------------------------------------------------------------------------ validation

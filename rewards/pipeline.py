@@ -24,11 +24,13 @@ from rewards.base import (
     ERROR_KINDS,
     CallResult,
     RewardError,
+    TrainerState,
     canonical_spec,
     check_items,
     function_name,
     is_builtin,
     to_items,
+    to_numbers,
 )
 from rewards.workers import WorkerPool
 
@@ -80,6 +82,7 @@ class RewardPipeline:
         r = cfg.reward
         self.on_error = r.on_error
         self.answer_key = cfg.data.answer_key or "answer"
+        self.max_steps = cfg.trainer.steps
         specs = [s.strip() for s in r.functions if s.strip()]
         if not (specs or r.models or r.remote) and cfg.data.train.strip().startswith("task:"):
             specs = [cfg.data.train.strip()]  # the task's own verifier
@@ -101,7 +104,7 @@ class RewardPipeline:
         )
         try:
             for spec, name, w in zip(specs, names, weights):
-                style = "trl" if is_builtin(spec) else r.style
+                style = "rlpost" if is_builtin(spec) else r.style
                 src = Source(name, "function", w, canonical_spec(spec), style)
                 assert self.pool is not None
                 self.pool.load(src.spec, src.style, self.answer_key, name)
@@ -154,11 +157,16 @@ class RewardPipeline:
         self, src: Source, prompts: list, completions: list, columns: dict, step: int
     ) -> CallResult | RewardError:
         try:
-            return CallResult(
-                to_items(src.obj(prompts, completions, step=step, **columns), len(completions))
-            )
+            out = src.obj(prompts, completions, step=step, **columns)
         except Exception as e:  # noqa: BLE001 - becomes a RewardError naming the URL
             return RewardError(src.name, None, "exception", str(e), len(completions))
+        extras: dict[str, list[float]] = {}
+        if isinstance(out, dict):  # OpenRLHF's answer: rewards train, the rest is logged
+            if out.get("scores") is not None:
+                extras["scores"] = to_numbers(out["scores"])
+            for k, v in (out.get("extra_logs") or {}).items():
+                extras[str(k)] = to_numbers(v)
+        return CallResult(to_items(out, len(completions)), extras)
 
     def _columns(self, columns: dict[str, list] | None, n: int) -> dict[str, list]:
         cols = dict(columns or {})
@@ -169,6 +177,11 @@ class RewardPipeline:
         if self.answer_key in cols and "answer" not in cols:
             cols["answer"] = cols[self.answer_key]
         return cols
+
+    def _state(self, cols: dict[str, list], step: int) -> TrainerState:
+        """TRL's ``trainer_state``: the epoch is how far the prompt sampler has gone."""
+        epochs = [float(e) for e in cols.get("_epoch", []) if isinstance(e, (int, float))]
+        return TrainerState(step, self.max_steps, max(epochs) if epochs else 0.0)
 
     def score(
         self,
@@ -184,6 +197,7 @@ class RewardPipeline:
         cols = self._columns(columns, n)
         if n == 0:
             return [], {}
+        state = self._state(cols, step)
         t0 = time.perf_counter()
         pending: list[tuple[Source, Future]] = []
         for src in self.sources:
@@ -191,7 +205,7 @@ class RewardPipeline:
                 assert self.pool is not None
                 fut = self._executor.submit(
                     self.pool.call, src.name, src.spec, src.style, self.answer_key,
-                    list(prompts), list(completions), cols, step,
+                    list(prompts), list(completions), cols, state,
                 )  # fmt: skip
                 pending.append((src, fut))
             elif src.kind == "remote":
@@ -202,6 +216,7 @@ class RewardPipeline:
         metrics: dict[str, float] = {}
         results: dict[str, list[float | None | RewardError]] = {}
         extras: dict[str, dict[str, list[float]]] = {}
+        tables: dict[str, list] = {}
         for src in self.sources:
             if src.kind == "ensemble":
                 t1 = time.perf_counter()
@@ -214,6 +229,8 @@ class RewardPipeline:
             results[src.name] = check_items(src.name, res, n)
             if isinstance(res, CallResult):
                 extras[src.name] = res.extras
+                for col, vals in res.columns.items():
+                    tables[f"samples/{col}"] = vals
         scores, m = self._combine(results, n)
         metrics.update(m)
         for name, ex in extras.items():
@@ -223,6 +240,7 @@ class RewardPipeline:
         metrics["reward/time_s"] = time.perf_counter() - t0
         if self.pool is not None:
             metrics["fault/restarts_reward_worker"] = float(self.pool.deaths)
+        metrics.update(tables)  # lists: the tracker writes them to samples.jsonl, not metrics
         return scores, metrics
 
     def _combine(

@@ -1,5 +1,10 @@
 """A reward that lives on other machines: calls ``rlpost reward-server`` instances over HTTP.
 
+A URL ending in ``/get_reward`` speaks OpenRLHF's remote reward-model protocol instead
+(``{"query", "prompts", "labels"}`` → ``{"rewards", "scores", "extra_logs"}``), so an OpenRLHF
+reward server (or ``rlpost reward-server``, which answers both) plugs in unchanged. A bearer
+token is sent when ``RLPOST_REWARD_TOKEN`` is set.
+
 Big batches are split into requests of ``batch_size`` rows, sent concurrently and spread over
 the given URLs (replicas of one reward). Connection errors, timeouts, 429 and 5xx are retried
 with exponential backoff, moving to the next URL; other 4xx fail at once. Every error names the
@@ -9,6 +14,7 @@ URL and what it answered.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +53,14 @@ class RemoteReward:
         if not urls:
             raise ValueError("reward.remote: no URL given")
         self.urls = [u.rstrip("/") for u in urls]
+        kinds = {u.endswith("/get_reward") for u in self.urls}
+        if len(kinds) > 1:
+            raise ValueError(f"reward.remote: mixes /get_reward and rlpost URLs: {'|'.join(urls)}")
+        self.openrlhf = kinds == {True}
+        token = os.environ.get("RLPOST_REWARD_TOKEN", "")
+        self.headers = {"content-type": "application/json"}
+        if token:
+            self.headers["authorization"] = f"Bearer {token}"
         self.batch_size, self.timeout_s, self.retries = max(1, batch_size), timeout_s, retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.concurrency = max(1, concurrency)
@@ -68,21 +82,24 @@ class RemoteReward:
                 raise RemoteRewardError(f"remote reward {u}/health: {type(e).__name__}: {e}") from e
         return out
 
-    def _post(self, chunk: int, body: bytes, n: int) -> list[float | None]:
+    def _post(self, chunk: int, body: bytes, n: int) -> Any:
         """One request with retries; replicas are tried in turn starting at ``chunk``'s URL."""
         last = ""
         for attempt in range(self.retries + 1):
-            url = self.urls[(chunk + attempt) % len(self.urls)]
+            base = self.urls[(chunk + attempt) % len(self.urls)]
+            url = base if self.openrlhf else f"{base}/score"
             try:
-                r = self._client.post(
-                    f"{url}/score", content=body, headers={"content-type": "application/json"}
-                )
+                r = self._client.post(url, content=body, headers=self.headers)
             except httpx.HTTPError as e:  # connect error, timeout, broken connection
-                last = f"{url}/score: {type(e).__name__}: {e}"
+                last = f"{url}: {type(e).__name__}: {e}"
             else:
                 if r.status_code == 200:
-                    return self._parse(url, r, n)
-                last = f"{url}/score: HTTP {r.status_code}: {r.text[:300]}"
+                    return (
+                        self._parse_openrlhf(url, r, n)
+                        if self.openrlhf
+                        else self._parse(base, r, n)
+                    )
+                last = f"{url}: HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code not in RETRY_STATUS:
                     raise RemoteRewardError(f"remote reward {last}")
             if attempt < self.retries:
@@ -104,31 +121,62 @@ class RemoteReward:
             raise RemoteRewardError(f"remote reward {url}/score: {got} scores for {n} rows")
         return [None if s is None else float(s) for s in scores]
 
+    @staticmethod
+    def _parse_openrlhf(url: str, r: httpx.Response, n: int) -> dict[str, Any]:
+        try:
+            out = r.json()
+            rewards = out["rewards"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RemoteRewardError(
+                f"remote reward {url}: answer has no 'rewards' list: {r.text[:200]}"
+            ) from e
+        if not isinstance(rewards, list) or len(rewards) != n:
+            got = len(rewards) if isinstance(rewards, list) else type(rewards).__name__
+            raise RemoteRewardError(f"remote reward {url}: {got} rewards for {n} rows")
+        logs = out.get("extra_logs") or {}
+        return {
+            "rewards": rewards,
+            "scores": out.get("scores") if isinstance(out.get("scores"), list) else None,
+            "extra_logs": {k: v if isinstance(v, list) else [v] for k, v in logs.items()},
+        }
+
+    def _payload(self, prompts: list, completions: list, columns: dict, step: int) -> dict:
+        if self.openrlhf:
+            labels = columns.get("answer", [None] * len(prompts))
+            return {
+                "query": [f"{p}{c}" for p, c in zip(prompts, completions)],
+                "prompts": list(prompts),
+                "labels": list(labels),
+            }
+        return {"prompts": prompts, "completions": completions, "columns": columns, "step": step}
+
     def __call__(
         self, prompts: list, completions: list[str], step: int = 0, **columns: Any
-    ) -> list[float | None]:
+    ) -> list[float | None] | dict[str, Any]:
+        """Scores (rlpost servers) or OpenRLHF's ``{"rewards", "scores", "extra_logs"}``."""
         n = len(completions)
         if n == 0:
             return []
         bodies = []
         for s in range(0, n, self.batch_size):
             e = min(n, s + self.batch_size)
-            payload = {
-                "prompts": list(prompts[s:e]),
-                "completions": list(completions[s:e]),
-                "columns": {k: list(v[s:e]) for k, v in columns.items() if _is_column(v, n)},
-                "step": step,
-            }
+            cols = {k: list(v[s:e]) for k, v in columns.items() if _is_column(v, n)}
+            payload = self._payload(list(prompts[s:e]), list(completions[s:e]), cols, step)
             bodies.append((s, e, json.dumps(payload, default=_jsonable).encode()))
-        if len(bodies) == 1:
-            return self._post(0, bodies[0][2], n)
         workers = min(self.concurrency, len(bodies))
         with ThreadPoolExecutor(workers, thread_name_prefix="remote-reward") as ex:
-            futs = [ex.submit(self._post, i, b, e - s) for i, (s, e, b) in enumerate(bodies)]
-            out: list[float | None] = []
-            for f in futs:
-                out += f.result()
-        return out
+            parts = list(
+                ex.map(lambda a: self._post(a[0], a[1][2], a[1][1] - a[1][0]), enumerate(bodies))
+            )
+        if not self.openrlhf:
+            return [x for p in parts for x in p]
+        merged: dict[str, Any] = {"rewards": [], "scores": [], "extra_logs": {}}
+        for p in parts:
+            merged["rewards"] += p["rewards"]
+            merged["scores"] += p["scores"] or []
+            for k, v in p["extra_logs"].items():
+                merged["extra_logs"].setdefault(k, []).extend(v)
+        return merged
 
     def close(self) -> None:
         self._client.close()

@@ -1,18 +1,26 @@
 """``rlpost reward-server``: serve reward functions or a reward-model ensemble over HTTP.
 
 ``POST /score`` takes ``{"prompts": [...], "completions": [...], "columns": {...}, "step": 0}`` and
-answers ``{"scores": [...], "metrics": {...}}``; ``GET /health`` says what it serves. Bodies
-over the size limit get 413 (checked while reading, so a huge body is never buffered), malformed
-ones 422, a reward failure under ``on_error=fail`` 500 with the message. Scoring goes through
-:class:`RewardPipeline`, so the server has the same isolation, timeouts and error policy as
-training.
+answers ``{"scores": [...], "metrics": {...}}``. ``POST /get_reward`` speaks OpenRLHF's remote
+reward-model protocol: ``{"query": [...], "prompts": [...], "labels": [...]}`` (queries are prompt
++ response) → ``{"rewards": [...], "scores": [...], "extra_logs": {...}}``. ``GET /health`` says
+what it serves.
+
+Abuse is answered, not suffered: bodies over the size limit get 413 (checked while reading, so a
+huge body is never buffered), a body that is not JSON 400, a wrong shape 422 naming the field, a
+missing or wrong bearer token (``--token`` / ``RLPOST_REWARD_TOKEN``) 401, a reward failure under
+``on_error=fail`` 500 with the message. Scoring goes through :class:`RewardPipeline`, so a hung
+user function times out and its worker process is replaced, exactly as in training. The server
+binds 127.0.0.1 unless ``--host`` says otherwise.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the real ``Request`` class on the
 # endpoint, which is imported lazily inside create_app (keeps ``rlpost --help`` fast).
 import argparse
+import hmac
 import json
 import math
+import os
 import signal
 import socket
 import sys
@@ -47,15 +55,37 @@ def _problem(body: Any) -> str | None:
     return None
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+def _openrlhf_problem(body: Any) -> str | None:
+    """What is wrong with a /get_reward body, or None."""
+    if not isinstance(body, dict):
+        return "body must be a JSON object with 'query'"
+    query = body.get("query")
+    if not isinstance(query, list) or not all(isinstance(q, str) for q in query):
+        return "'query' must be a list of strings (prompt + response)"
+    for key in ("prompts", "labels"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != len(query)):
+            return f"'{key}' must be a list as long as 'query' ({len(query)})"
+    prompts = body.get("prompts")
+    if prompts is not None and not all(isinstance(p, str) for p in prompts):
+        return "'prompts' must be a list of strings"
+    return None
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Scalar metrics only (per-row ``samples/...`` lists stay in the server)."""
     return {
         k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None)
         for k, v in metrics.items()
+        if not isinstance(v, (list, tuple))
     }
 
 
 def create_app(
-    score: ScoreFn, max_body_bytes: int = DEFAULT_MAX_BODY, info: dict | None = None
+    score: ScoreFn,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    info: dict | None = None,
+    token: str = "",
 ) -> Any:
     """A FastAPI app around ``score(prompts, completions, columns, step) -> (scores, metrics)``."""
     from fastapi import FastAPI, Request
@@ -67,41 +97,85 @@ def create_app(
     app = FastAPI(title="rlpost reward server")
     about = {"status": "ok", "max_body_bytes": max_body_bytes, **(info or {})}
 
-    @app.get("/health")
-    def health() -> dict:
-        return about
+    def refused(request: Request) -> Any:
+        """401 without the bearer token (when one is configured)."""
+        if not token:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return None
+        return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
 
-    @app.post("/score")
-    async def score_endpoint(request: Request) -> Any:
+    async def read_json(request: Request) -> tuple[Any, Any]:
+        """(body, None) or (None, the error response): 413 over the limit, 400 not JSON."""
         too_big = JSONResponse(
             {"detail": f"request body over the {max_body_bytes}-byte limit"}, status_code=413
         )
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return too_big
+            return None, too_big
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > max_body_bytes:
-                return too_big
+                return None, too_big
         try:
-            body = json.loads(raw)
+            return json.loads(raw), None
         except (ValueError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"body is not JSON: {e}"}, status_code=422)
+            return None, JSONResponse({"detail": f"body is not JSON: {e}"}, status_code=400)
+
+    async def run_score(prompts: list, completions: list, columns: dict, step: int) -> Any:
+        try:
+            return await run_in_threadpool(score, prompts, completions, columns, step), None
+        except RewardError as e:
+            return None, JSONResponse({"detail": str(e), "kind": e.kind}, status_code=500)
+
+    @app.get("/health")
+    def health(request: Request) -> Any:
+        return refused(request) or about
+
+    @app.post("/score")
+    async def score_endpoint(request: Request) -> Any:
+        if (no := refused(request)) is not None:
+            return no
+        body, err = await read_json(request)
+        if err is not None:
+            return err
         problem = _problem(body)
         if problem:
             return JSONResponse({"detail": problem}, status_code=422)
-        try:
-            scores, metrics = await run_in_threadpool(
-                score,
-                body["prompts"],
-                body["completions"],
-                body.get("columns", {}),
-                body.get("step", 0),
-            )
-        except RewardError as e:
-            return JSONResponse({"detail": str(e), "kind": e.kind}, status_code=500)
+        out, err = await run_score(
+            body["prompts"], body["completions"], body.get("columns", {}), body.get("step", 0)
+        )
+        if err is not None:
+            return err
+        scores, metrics = out
         return {"scores": scores, "metrics": _finite(metrics)}
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request) -> Any:
+        """OpenRLHF's remote reward model: queries are prompt + response, labels the answers."""
+        if (no := refused(request)) is not None:
+            return no
+        body, err = await read_json(request)
+        if err is not None:
+            return err
+        problem = _openrlhf_problem(body)
+        if problem:
+            return JSONResponse({"detail": problem}, status_code=422)
+        queries = body["query"]
+        prompts = body.get("prompts") or [""] * len(queries)
+        completions = [q[len(p) :] if q.startswith(p) else q for q, p in zip(queries, prompts)]
+        columns = {"answer": body["labels"]} if body.get("labels") is not None else {}
+        out, err = await run_score(prompts, completions, columns, 0)
+        if err is not None:
+            return err
+        scores, metrics = out
+        n = len(scores)
+        logs = {
+            k.removeprefix("reward/"): [v] * n for k, v in _finite(metrics).items() if v is not None
+        }
+        return {"rewards": scores, "scores": scores, "extra_logs": logs}
 
     return app
 
@@ -160,7 +234,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "reward-server",
         help="serve reward functions or a reward-model ensemble over HTTP",
-        description="Serve rewards over HTTP: POST /score, GET /health.",
+        description="Serve rewards over HTTP: POST /score, POST /get_reward (OpenRLHF), "
+        "GET /health.",
     )
     p.add_argument(
         "--reward",
@@ -187,7 +262,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=["fail", "drop", "zero"], default="fail")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY / 2**20)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local only)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RLPOST_REWARD_TOKEN", ""),
+        help="require 'Authorization: Bearer TOKEN' (default: $RLPOST_REWARD_TOKEN)",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--set", action="append", default=[], metavar="reward.KEY=VALUE",
                    help="any other reward.* config override")  # fmt: skip
@@ -250,7 +330,7 @@ def serve(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:
         max_body = int(args.max_body_mb * 2**20)
-        app = create_app(pipe.score, max_body, info={"sources": pipe.names})
+        app = create_app(pipe.score, max_body, info={"sources": pipe.names}, token=args.token)
         print(f"serving rewards {pipe.names} on http://{args.host}:{args.port}", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     except (_Stop, KeyboardInterrupt):

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rewards.base import CallResult, RewardError, make_caller, resolve_function
+from rewards.base import CallResult, RewardError, TrainerState, make_caller, resolve_function
 
 LOAD_TIMEOUT_S = 120.0  # starting and importing a user's file may be slow; it is not the call
 
@@ -63,8 +63,8 @@ def worker_main(conn: Connection) -> None:
             if op == "load":
                 conn.send(("ok", None))
                 continue
-            prompts, completions, columns, step = msg[4]
-            conn.send(("ok", caller(prompts, completions, columns, step)))
+            prompts, completions, columns, state = msg[4]
+            conn.send(("ok", caller(prompts, completions, columns, state)))
         except BaseException as e:  # noqa: BLE001 - user code: report everything, keep serving
             try:
                 conn.send(("err", _short_tb(e)))
@@ -223,14 +223,14 @@ class WorkerPool:
         prompts: list,
         completions: list,
         columns: dict,
-        step: int = 0,
+        state: TrainerState | int = 0,
     ) -> CallResult | RewardError:
         """One call; a whole-call failure (exception, timeout, dead worker) is returned, not raised."""
         if self.n == 0:
             return self._call_here(
-                name, spec, style, answer_key, prompts, completions, columns, step
+                name, spec, style, answer_key, prompts, completions, columns, state
             )
-        args = (name, spec, style, answer_key, prompts, completions, columns, step)
+        args = (name, spec, style, answer_key, prompts, completions, columns, state)
         out = self._call_once(*args)
         if isinstance(out, RewardError) and out.detail.startswith("worker process died"):
             # killed from outside (OOM killer, preemption): a fresh worker scores the batch again
@@ -247,14 +247,14 @@ class WorkerPool:
         prompts: list,
         completions: list,
         columns: dict,
-        step: int,
+        state: TrainerState | int,
     ) -> CallResult | RewardError:
         n = len(completions)
         w = self._idle.get()
         try:
             w.wait_ready()
             self._send_load(w, spec, style, answer_key, name)
-            w.conn.send(("call", spec, style, answer_key, (prompts, completions, columns, step)))
+            w.conn.send(("call", spec, style, answer_key, (prompts, completions, columns, state)))
             if not w.conn.poll(self.timeout_s):
                 w.dead = True
                 return RewardError(
@@ -286,7 +286,7 @@ class WorkerPool:
         prompts: list,
         completions: list,
         columns: dict,
-        step: int,
+        state: TrainerState | int,
     ) -> CallResult | RewardError:
         n = len(completions)
         caller = _load(self._local, spec, style, answer_key)
@@ -294,7 +294,7 @@ class WorkerPool:
 
         def run() -> None:
             try:
-                box["ok"] = caller(prompts, completions, columns, step)
+                box["ok"] = caller(prompts, completions, columns, state)
             except BaseException as e:  # noqa: BLE001
                 box["err"] = _short_tb(e)
 

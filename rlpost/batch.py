@@ -161,6 +161,7 @@ def build_sequences(
         )
     b.columns["prompt_len"] = [len(p) for p in prompt_ids]
     b.columns["response_len"] = [len(r) for r in response_ids]
+    b.columns["completion_ids"] = [list(r) for r in response_ids]  # TRL rewards take them
     return b
 
 

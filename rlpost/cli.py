@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from algorithms import ALGORITHMS
+from rlpost import preflight, resources
 from rlpost.config import ConfigError, field_docs, load_config
 from rlpost.models import tiny
 from rlpost.runtime.fault import ActorFailure
@@ -16,9 +17,11 @@ from rlpost.trainer import train
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(
-        args.recipe, args.overrides + (["trainer.resume=true"] if args.resume else [])
-    )
+    recipe = str(resources.find(args.recipe, "recipe"))
+    cfg = load_config(recipe, args.overrides + (["trainer.resume=true"] if args.resume else []))
+    preflight.check(cfg)  # reward specs, algorithm file, data files: before any actor
+    if args.resume:
+        cfg.trainer.run_name = preflight.resumable_run(cfg)
 
     try:
         run_dir = train(cfg)
@@ -94,9 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a policy from a recipe")
-    t.add_argument("recipe", help="YAML recipe, e.g. launch/recipes/grpo_tiny.yaml")
+    t.add_argument(
+        "recipe", help="YAML recipe or a shipped recipe's name, e.g. grpo_tiny (launch/recipes/)"
+    )
     t.add_argument("overrides", nargs="*", help="dotted overrides: section.key=value")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run of this recipe (or of trainer.run_name); "
+        "refused when there is none",
+    )
     t.set_defaults(func=_train)
 
     m = sub.add_parser("make-tiny", help="build a tiny random-init model + tokenizer offline")
@@ -114,8 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but dotted overrides may come after any flag
+    (``rlpost train grpo_tiny --resume trainer.steps=8``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    takes = hasattr(args, "overrides")
+    stray = [a for a in extra if not takes or a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -280,6 +280,47 @@ def _task_rows(spec: str, cfg: Config, split: str) -> tuple[list[dict], str]:
     return task.generate(n, cfg.trainer.seed, split), spec
 
 
+# Built-in rewards that compare against a reference answer: configured without one, they would
+# score every row None, so a data set without answers is refused up front instead.
+NEEDS_ANSWER = ("math_verify", "exact_match")
+VERL_ANSWER = "reward_model.ground_truth"  # where verl's preprocessing writes the ground truth
+
+
+def lookup(row: dict, key: str) -> tuple[bool, Any]:
+    """``row[key]``, or a dotted path into nested dicts (``reward_model.ground_truth``)."""
+    if key in row:
+        return True, row[key]
+    node: Any = row
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def answer_key_for(cfg: Config, first_row: dict) -> str:
+    """The column holding reference answers, or '' when the data has none.
+
+    The default ``answer`` falls back to verl's ``reward_model.ground_truth``; no answers at all
+    is fine (TRL-style data name their reference column themselves, e.g. ``solution``) unless a
+    built-in reward that needs them is configured. A key the user set must exist.
+    """
+    key = cfg.data.answer_key
+    if key and lookup(first_row, key)[0]:
+        return key
+    if key in ("", "answer"):
+        if lookup(first_row, VERL_ANSWER)[0]:
+            return VERL_ANSWER
+        return ""
+    return key  # explicitly named but absent: build_rows reports it
+
+
+def _needs_answer(cfg: Config) -> list[str]:
+    from rewards.base import function_name
+
+    return [f for f in cfg.reward.functions if function_name(f) in NEEDS_ANSWER]
+
+
 def build_rows(
     raw: list[dict], columns: list[str], source: str, cfg: Config, tokenizer: Any
 ) -> PromptDataset:
@@ -290,10 +331,17 @@ def build_rows(
             f"{source}: row 0, column '{d.prompt_key}': missing (data.prompt_key; "
             f"columns: {', '.join(columns)})"
         )
-    if d.answer_key and d.answer_key not in columns:
+    answer_key = answer_key_for(cfg, raw[0]) if raw else ""
+    if answer_key and not lookup(raw[0], answer_key)[0]:
         raise DataError(
-            f"{source}: row 0, column '{d.answer_key}': missing (data.answer_key; columns: "
+            f"{source}: row 0, column '{answer_key}': missing (data.answer_key; columns: "
             f"{', '.join(columns)}; set data.answer_key='' if there are no reference answers)"
+        )
+    if not answer_key and _needs_answer(cfg):
+        raise DataError(
+            f"{source}: reward.functions {_needs_answer(cfg)} compare against reference answers "
+            f"but the data has no '{d.answer_key or 'answer'}' column (columns: "
+            f"{', '.join(columns)}); set data.answer_key=COLUMN"
         )
     use_chat = bool(d.chat_template)
     prompts = [
@@ -318,7 +366,7 @@ def build_rows(
         out = {
             "prompt_ids": ids,
             "prompt": text,
-            "answer": r.get(d.answer_key) if d.answer_key else None,
+            "answer": lookup(r, answer_key)[1] if answer_key else None,
             "row": i,
             "raw_prompt": p,
         }
@@ -397,8 +445,10 @@ class PromptSampler:
                 self.pos = 0
                 self._order = self._permutation(self.epoch)
             take = min(n - len(out), len(self._order) - self.pos)
-            out += [dict(self.rows[i]) for i in self._order[self.pos : self.pos + take]]
-            self.pos += take
+            for i in self._order[self.pos : self.pos + take]:
+                self.pos += 1
+                # TRL's trainer_state.epoch: fractional passes over the data so far
+                out.append({**self.rows[i], "_epoch": self.epoch + self.pos / len(self._order)})
         return out
 
     def state_dict(self) -> dict[str, int | bool]:

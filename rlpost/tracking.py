@@ -1,4 +1,8 @@
-"""Run directory, metrics JSONL (always), console progress, wandb / tensorboard when enabled."""
+"""Run directory, metrics JSONL (always), console progress, wandb / tensorboard when enabled.
+
+A metric whose value is a list is a per-row column (TRL's ``log_extra``, keys ``samples/...``):
+it goes to ``samples.jsonl`` (and a W&B table), never into the scalar metrics.
+"""
 
 from __future__ import annotations
 
@@ -82,7 +86,7 @@ class Tracker:
             if cfg.logging.wandb_mode:
                 os.environ["WANDB_MODE"] = cfg.logging.wandb_mode
             self.wandb = wandb.init(
-                project=cfg.logging.wandb_project,
+                **wandb_target(cfg),
                 name=run_dir.name,
                 dir=str(run_dir),
                 config=to_dict(cfg),
@@ -96,11 +100,19 @@ class Tracker:
             self.tb = SummaryWriter(str(run_dir / "tb"))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        columns = {k: list(v) for k, v in metrics.items() if isinstance(v, (list, tuple))}
+        scalars = {k: v for k, v in metrics.items() if k not in columns}
+        row = {"step": step, **{k: _clean(v) for k, v in sorted(scalars.items())}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if columns:
+            with (self.run_dir / "samples.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, **columns}, default=str) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+            logged = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+            if columns:
+                logged["samples"] = _wandb_table(columns)
+            self.wandb.log(logged, step=step)
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)):
@@ -148,6 +160,32 @@ def batch_metrics(batch: Any, exp: Any, step_s: float) -> dict[str, float]:
             {"env/turns_mean": sum(batch["turns"]) / max(len(batch), 1)} if "turns" in batch else {}
         ),
     }
+
+
+def wandb_target(cfg: Config) -> dict[str, str | None]:
+    """project / entity / group: the config's when set, else W&B's own environment variables."""
+    lg = cfg.logging
+    project = lg.wandb_project if lg.wandb_project not in ("", "rlpost") else ""
+    return {
+        "project": project or os.environ.get("WANDB_PROJECT") or lg.wandb_project or "rlpost",
+        "entity": getattr(lg, "wandb_entity", "") or os.environ.get("WANDB_ENTITY") or None,
+        "group": getattr(lg, "wandb_group", "") or os.environ.get("WANDB_RUN_GROUP") or None,
+    }
+
+
+def _wandb_table(columns: dict[str, list]) -> Any:
+    import wandb
+
+    n = max(len(v) for v in columns.values())
+    names = sorted(columns)
+    rows = [
+        [_cell(columns[c][i]) if i < len(columns[c]) else None for c in names] for i in range(n)
+    ]
+    return wandb.Table(columns=names, data=rows)
+
+
+def _cell(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

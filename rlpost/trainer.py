@@ -101,9 +101,8 @@ class Trainer:
 
     def _resume(self) -> None:
         path = checkpoint.latest(self.ckpt_root)
-        if path is None:
-            log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
-            return
+        if path is None:  # `rlpost train --resume` refused this before any actor started
+            raise ConfigError(f"trainer.resume: no complete checkpoint in {self.ckpt_root}")
         self._load_state(checkpoint.load(path, self._ckpt_groups()))
         checkpoint.set_aside_metrics(self.run_dir, self.step)
         log.info("resumed from %s at step %d", path, self.step)

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-ANCHOR = ROOT / "launch/recipes/bench_small.yaml"
+from rlpost import resources
+
+ANCHOR = resources.launch_file("recipes", "bench_small.yaml")
 PHASES = ["generate", "score", "train", "sync"]
 
 TRL_SCRIPT = r"""
@@ -148,7 +149,7 @@ def report(ours: dict, trl: dict | None, device: str) -> str:
     lines = [
         f"# rlpost bench ({device})",
         "",
-        f"anchor: {ANCHOR.relative_to(ROOT)} — small model ({ours['params_m']:.1f}M params), "
+        f"anchor: launch/recipes/{ANCHOR.name} — small model ({ours['params_m']:.1f}M params), "
         f"8 prompts x 8 samples, 128 new tokens, GRPO",
         f"startup (actors up): {ours['startup_s']:.1f} s",
         "",

@@ -41,11 +41,11 @@ from typing import Any
 
 import yaml
 
+from rlpost import preflight, resources
 from rlpost.config import Config, ConfigError, load_config
 from rlpost.evaluation import IN_LOOP_SAMPLES
 from rlpost.tracking import read_metrics
 
-ROOT = Path(__file__).resolve().parents[2]
 CSV_FIELDS = [
     "algorithm",
     "seed",
@@ -149,13 +149,10 @@ def _yaml_scalar(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def find_file(path: str) -> str:
-    """A path as given when it exists, else relative to the source tree (``launch/...`` from
-    outside the repo)."""
-    if Path(path).exists() or Path(path).is_absolute():
-        return path
-    alt = ROOT / path
-    return str(alt) if alt.exists() else path
+def find_file(path: str, kind: str = "compare") -> str:
+    """A path as given when it exists, else a shipped file (``launch/...`` or a bare name)."""
+    found = resources.find(path, kind)
+    return str(found) if found.exists() else path
 
 
 def load_spec(path: str | Path, extra: Sequence[str] = ()) -> CompareSpec:
@@ -187,7 +184,7 @@ def load_spec(path: str | Path, extra: Sequence[str] = ()) -> CompareSpec:
                 f"{p}: runs[{i}]: unknown key(s) {bad} (known: label, recipe, overrides)"
             )
         label = str(r.get("label") or Path(r["recipe"]).stem)
-        r = {**r, "recipe": find_file(str(r["recipe"]))}
+        r = {**r, "recipe": find_file(str(r["recipe"]), "recipe")}
         runs.append(
             RunSpec(
                 label,
@@ -264,6 +261,7 @@ def check_runs(spec: CompareSpec) -> dict[str, Config]:
     for run in spec.runs:
         try:
             cfgs[run.label] = load_config(run.recipe, run_overrides(spec, run, spec.seeds[0]))
+            preflight.check(cfgs[run.label])
         except ConfigError as e:
             raise ConfigError(f"{spec.source}: run '{run.label}' ({run.recipe}): {e}") from e
     return cfgs

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.base import build_algorithm
+from rlpost import preflight, resources
 from rlpost.commands.launch import kuberay, slurm
 from rlpost.commands.launch import submit as sub
 from rlpost.config import Config, ConfigError, load_config
@@ -78,7 +79,17 @@ def _address(args: argparse.Namespace) -> str | None:
 
 
 def _recipe(args: argparse.Namespace) -> Config:
-    return load_config(args.recipe, args.overrides, validate_paths=False)
+    return load_config(
+        str(resources.find(args.recipe, "recipe")), args.overrides, validate_paths=False
+    )
+
+
+def _preflight(cfg: Config) -> None:
+    """Reward specs, algorithm file and data files, checked here before anything is shipped."""
+    try:
+        preflight.check(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{e} [--no-check skips this]") from e
 
 
 # ------------------------------------------------------------------------------ submit / jobs
@@ -99,7 +110,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.recipe:
             raise ConfigError("submit: RECIPE is required (or --entrypoint CMD)")
         command = "compare" if args.compare else "train"
+        if command == "train":
+            args.recipe = str(resources.find(args.recipe, "recipe"))
         if command == "train" and args.check:
+            _preflight(_recipe(args))
             _check_remote(_recipe(args), _address(args))
         job = sub.build_train_job(
             args.recipe,
@@ -238,6 +252,7 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
 
     if args.check and not args.compare:
         cfg = _recipe(args)
+        _preflight(cfg)
         cpus = float(args.cpus_per_node) if args.cpus_per_node else float("inf")
         nodes = [
             Node(
@@ -278,6 +293,7 @@ def cmd_launch_kuberay(args: argparse.Namespace) -> int:
     res = {k: float(v) for k, v in _kv(args.worker_resource, "--worker-resource").items()}
     if args.check and not args.compare:
         cfg = _recipe(args)
+        _preflight(cfg)
         head_cpus = 0.0 if args.workers else float(args.head_cpus)
         nodes = [Node("", "head", {"CPU": head_cpus})] + [
             Node(

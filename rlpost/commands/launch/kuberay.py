@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
+from rlpost import resources
 from rlpost.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[3] / "launch" / "kuberay"
-TEMPLATE = ROOT / "rayjob.template.yaml"
-CRD = ROOT / "ray.io_rayjobs.yaml"
+TEMPLATE = resources.launch_file("kuberay", "rayjob.template.yaml")
+CRD = resources.launch_file("kuberay", "ray.io_rayjobs.yaml")
 
 
 @dataclass

@@ -7,9 +7,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlpost import resources
 from rlpost.config import ConfigError
 
-TEMPLATE = Path(__file__).resolve().parents[3] / "launch" / "slurm" / "rlpost.sbatch.in"
+TEMPLATE = resources.launch_file("slurm", "rlpost.sbatch.in")
 _TOKEN = re.compile(r"@([A-Z_]+)@")
 _SAFE = re.compile(r"^[A-Za-z0-9_.:,/%=+\-]+$")  # values allowed on an #SBATCH line
 

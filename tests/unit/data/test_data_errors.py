@@ -53,9 +53,27 @@ def test_missing_prompt_column_after_mapping(tmp_path, tok, make_cfg, write_json
     _expect(tok, make_cfg(f"data.train={path}", "data.prompt_key=query"), path, 0, "query")
 
 
-def test_missing_answer_column(tmp_path, tok, make_cfg, write_jsonl):
+def test_missing_answer_column_is_fine_without_a_reward_that_needs_it(
+    tmp_path, tok, make_cfg, write_jsonl
+):
+    path = write_jsonl(tmp_path / "noans.jsonl", [{"prompt": "q", "solution": "4"}])
+    ds = load_prompts(make_cfg(f"data.train={path}"), tok)
+    assert ds[0]["answer"] is None and ds[0]["solution"] == "4"
+
+
+def test_missing_answer_column_refused_for_a_builtin_that_needs_it(
+    tmp_path, tok, make_cfg, write_jsonl
+):
+    path = write_jsonl(tmp_path / "noans.jsonl", [{"prompt": "q", "solution": "4"}])
+    cfg = make_cfg(f"data.train={path}", "reward.functions=[exact_match]")
+    msg = _expect(tok, cfg, path, None, None, "exact_match", "data.answer_key")
+    assert "solution" in msg
+
+
+def test_explicit_answer_key_that_is_missing(tmp_path, tok, make_cfg, write_jsonl):
     path = write_jsonl(tmp_path / "noans.jsonl", [{"prompt": "q"}])
-    _expect(tok, make_cfg(f"data.train={path}"), path, 0, "answer", "data.answer_key=''")
+    cfg = make_cfg(f"data.train={path}", "data.answer_key=gold")
+    _expect(tok, cfg, path, 0, "gold", "data.answer_key=''")
 
 
 def test_file_not_found(tmp_path, tok, make_cfg):

@@ -222,3 +222,34 @@ def test_unknown_task_is_a_data_error(tok, make_cfg):
 def test_empty_train_spec(tok, make_cfg):
     with pytest.raises(DataError, match="data.train"):
         load_prompts(make_cfg(), tok)
+
+
+def _verl_rows() -> list[dict]:
+    """Rows as verl's data preprocessing writes them."""
+    return [
+        {
+            "data_source": "openai/gsm8k",
+            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
+            "extra_info": {"split": "train", "index": i, "question": f"{i}+{i}"},
+        }
+        for i in range(3)
+    ]
+
+
+def test_verl_parquet_loads_with_no_flags(tmp_path, tok, make_cfg):
+    path = tmp_path / "verl.parquet"
+    datasets.Dataset.from_list(_verl_rows()).to_parquet(str(path))
+    ds = load_prompts(make_cfg(f"data.train={path}"), tok)
+    assert [r["answer"] for r in ds] == ["0", "2", "4"]
+    assert ds[1]["extra_info"] == {"split": "train", "index": 1, "question": "1+1"}
+    assert ds[1]["data_source"] == "openai/gsm8k" and ds[1]["ability"] == "math"
+    assert ds[1]["raw_prompt"] == [{"role": "user", "content": "What is 1 + 1?"}]
+
+
+def test_dotted_answer_key_reads_any_nested_column(tmp_path, tok, make_cfg):
+    path = tmp_path / "verl.parquet"
+    datasets.Dataset.from_list(_verl_rows()).to_parquet(str(path))
+    ds = load_prompts(make_cfg(f"data.train={path}", "data.answer_key=extra_info.question"), tok)
+    assert [r["answer"] for r in ds] == ["0+0", "1+1", "2+2"]

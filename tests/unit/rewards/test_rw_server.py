@@ -73,7 +73,7 @@ def test_limits_and_malformed_requests(server):
     big = {"prompts": ["p"] * 100, "completions": ["x" * 100] * 100}
     r = httpx.post(f"{h.url}/score", json=big)
     assert r.status_code == 413 and "2000-byte limit" in r.json()["detail"]
-    assert httpx.post(f"{h.url}/score", content=b"{not json").status_code == 422
+    assert httpx.post(f"{h.url}/score", content=b"{not json").status_code == 400
     bad = httpx.post(f"{h.url}/score", json={"prompts": ["a"], "completions": ["b", "c"]})
     assert bad.status_code == 422 and "as long as 'completions'" in bad.json()["detail"]
     col = httpx.post(

@@ -117,3 +117,23 @@ def killed_once(prompts, completions, **kwargs):
 
 def pid(prompts, completions, **kwargs):
     return [float(os.getpid())] * len(completions)
+
+
+def logs_things(prompts, completions, trainer_state, log_metric, log_extra, **kwargs):
+    """TRL 1.x extras: logs the step it saw and one value per row."""
+    log_metric("seen_step", trainer_state.global_step)
+    log_metric("max_steps", trainer_state.max_steps)
+    log_extra("lengths", [len(c) for c in completions])
+    return [float(len(c)) for c in completions]
+
+
+def echo_id(prompts, completions, uid, **kwargs):
+    """The row's own id: a load test can tell a lost or swapped answer."""
+    return [float(u) for u in uid]
+
+
+def sleeps_on_hang(prompts, completions, **kwargs):
+    """Hangs when asked to (a completion 'hang'), else scores 1."""
+    if "hang" in completions:
+        time.sleep(600)
+    return [1.0] * len(completions)
