@@ -140,8 +140,6 @@ def _parse_call(spec: str) -> tuple[str, list, dict] | None:
 
 def is_builtin(spec: str) -> bool:
     """Registry names (and factory calls) and tasks are ours: always TRL style."""
-    import rewards.builtins  # noqa: F401  (registers the built-ins)
-
     parsed = _parse_call(spec.strip())
     name = parsed[0] if parsed else spec.strip()
     return name in REWARD_FUNCTIONS or spec.strip().startswith("task:")
@@ -149,8 +147,6 @@ def is_builtin(spec: str) -> bool:
 
 def resolve_function(spec: str) -> Callable[..., Any]:
     """Registry name, ``name(literal args)`` for a factory, ``file.py:fn``, ``pkg.mod:fn``, ``task:NAME``."""
-    import rewards.builtins  # noqa: F401  (registers the built-ins)
-
     spec = spec.strip()
     if spec.startswith("task:"):
         from envs import get_task  # lazy: envs is optional for plain reward use

@@ -80,7 +80,7 @@ def _rows(docs: list[tuple[str, str, str, str]]) -> list[str]:
 # Subcommand providers that live in the plug-in packages and the launch layer.
 PROVIDERS = [
     "rlpost.commands.make_task",
-    "rewards.server",
+    "rlpost.commands.reward_server",
     "rlpost.commands.launch.cli",
     "rlpost.commands.bench",
     "rlpost.commands.gpu_check",

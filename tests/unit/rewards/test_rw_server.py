@@ -12,7 +12,8 @@ import pytest
 from rewards.base import RewardError
 from rewards.pipeline import RewardPipeline
 from rewards.remote import RemoteReward, RemoteRewardError
-from rewards.server import ServerHandle, add_cli, config_from_args, create_app, serve_in_thread
+from rewards.server import ServerHandle, create_app, serve_in_thread
+from rlpost.commands.reward_server import add_cli, config_from_args
 from rlpost.config import Config
 
 P = ["p0", "p1", "p2", "p3", "p4"]
@@ -173,7 +174,7 @@ def test_cli_serves_in_a_subprocess(spec, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = (
-        "import argparse, sys; from rewards.server import add_cli; p = argparse.ArgumentParser(); "
+        "import argparse, sys; from rlpost.commands.reward_server import add_cli; p = argparse.ArgumentParser(); "
         "add_cli(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )
     proc = subprocess.Popen(
