@@ -21,6 +21,7 @@ import torch
 from algorithms.base import Algorithm, Needs, as_floats, register
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError
+from rlpost.data import PromptSampler, load_preferences
 from rlpost.groups import group_ids_for, groups
 from rlpost.objective import dpo_pair_loss, real_pairs
 
@@ -72,8 +73,6 @@ class DPO(Algorithm):
     def collect_offline(self, exp, count: int) -> Batch:
         """``count`` triples from the file (the sampled prompts only set how many)."""
         if self.triples is None:
-            from rlpost.data import PromptSampler, load_preferences
-
             rows = load_preferences(self.a.preference_data, exp.tokenizer, self.cfg)
             self.triples = PromptSampler(rows, self.cfg.trainer.seed, self.cfg.data.shuffle)
             if self.triples_state is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from algorithms.base import Algorithm, Experience, Needs, as_floats, register
+from envs.base import get_task
 from rlpost.batch import Batch, build_sequences
 from rlpost.groups import group_ids_for
 from rlpost.objective import masked_mean, sft_loss
@@ -74,8 +75,6 @@ class SFT(Algorithm):
     def task(self) -> Any | None:
         spec = self.cfg.data.train.strip()
         if self._task is None and spec.startswith("task:"):
-            from envs.base import get_task
-
             self._task = get_task(spec.removeprefix("task:"))
         return self._task
 

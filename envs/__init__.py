@@ -27,7 +27,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _MULTITURN:
-        from envs import multiturn
+        from envs import multiturn  # would close an import cycle (that module imports this one)
 
         return getattr(multiturn, name)
     raise AttributeError(f"module 'envs' has no attribute '{name}'")

@@ -134,7 +134,9 @@ def rollout_multiturn(
     and columns prompt, completion, turns, finish_reason, prompt_len, response_len and the rows'
     other fields.
     """
-    from rlpost.data import render_prompt
+    from rlpost.data import (
+        render_prompt,  # would close an import cycle (that module imports this one)
+    )
 
     if len(envs) != len(rows):
         raise ValueError(f"rollout_multiturn: {len(envs)} envs for {len(rows)} rows")

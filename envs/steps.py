@@ -62,7 +62,7 @@ class StepEnv:
 
     @classmethod
     def for_task(cls, spec: str, **kwargs: Any) -> StepEnv:
-        from envs.base import get_task
+        from envs.base import get_task  # would close an import cycle (that module imports this one)
 
         return cls(reward_fn=get_task(spec).reward, **kwargs)
 

@@ -198,7 +198,7 @@ class Ensemble:
         batch_size: int = 16,
         **kw: Any,
     ) -> Ensemble:
-        from rewards.model import RewardModel
+        from rewards.model import RewardModel  # torch + transformers: reward models only
 
         return cls([RewardModel(p, device=device, batch_size=batch_size) for p in paths], **kw)
 

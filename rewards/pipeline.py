@@ -115,7 +115,7 @@ class RewardPipeline:
                     Source(names[k], "ensemble", weights[k], obj=self._ensemble(cfg))
                 )
                 k += 1
-            from rewards.remote import RemoteReward
+            from rewards.remote import RemoteReward  # httpx: remote rewards only
 
             for url, name, w in zip(r.remote, names[k:], weights[k:]):
                 rr = RemoteReward(
@@ -132,7 +132,7 @@ class RewardPipeline:
 
     @staticmethod
     def _ensemble(cfg: Config) -> Any:
-        import torch
+        import torch  # rewards stays light to import: reward models only
 
         from rewards.ensemble import Ensemble
 

@@ -84,7 +84,7 @@ def create_app(
     token: str = "",
 ) -> Any:
     """A FastAPI app around ``score(prompts, completions, columns, step) -> (scores, metrics)``."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request  # the server only: rewards stays light to import
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
@@ -182,7 +182,7 @@ class ServerHandle:
     def __init__(
         self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
     ):
-        import uvicorn
+        import uvicorn  # the server only
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,7 +215,9 @@ def serve_in_thread(
     cfg: Any, host: str = "127.0.0.1", port: int = 0, **kw: Any
 ) -> tuple[ServerHandle, Any]:
     """Start a server for ``cfg.reward`` in this process (tests, notebooks): (handle, pipeline)."""
-    from rewards.pipeline import RewardPipeline
+    from rewards.pipeline import (
+        RewardPipeline,  # would close an import cycle (that module imports this one)
+    )
 
     pipe = RewardPipeline(cfg)
     app = create_app(pipe.score, info={"sources": pipe.names}, **kw)

@@ -11,6 +11,7 @@ import json
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,9 @@ def _pick_split(dd: Any, source: str, split: str) -> Any:
 
 
 def _hub_options(spec: str) -> tuple[str, dict[str, str]]:
-    from envs.base import parse_options
+    from envs.base import (
+        parse_options,  # would close an import cycle (that module imports this one)
+    )
 
     name, opts = parse_options(spec)
     unknown = set(opts) - {"split", "config", "revision"}
@@ -105,7 +108,7 @@ def _hub_options(spec: str) -> tuple[str, dict[str, str]]:
 
 def load_table(spec: str, split: str = "train") -> tuple[list[dict], list[str], str]:
     """Read a file / saved dataset dir / hub id through ``datasets``: (rows, columns, source)."""
-    import datasets
+    import datasets  # heavy: only files and hub data sets need it
 
     datasets.disable_progress_bars()
     path = Path(spec).expanduser()
@@ -167,7 +170,7 @@ def _restore_mixed_json(path: Path, ds: Any, rows: list[dict]) -> None:
     a number in another) as JSON and decodes each value, which turns the string "5" into 5; the
     error for the genuinely bad row would then point at the wrong one.
     """
-    import datasets
+    import datasets  # heavy: only files and hub data sets need it
 
     mixed = [c for c, f in ds.features.items() if isinstance(f, getattr(datasets, "Json", ()))]
     if not mixed or path.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
@@ -270,7 +273,7 @@ def truncate_left(ids: list[int], max_len: int, bos_id: int | None) -> list[int]
 
 # ----------------------------------------------------------------------------- loading prompts
 def _task_rows(spec: str, cfg: Config, split: str) -> tuple[list[dict], str]:
-    from envs.base import get_task
+    from envs.base import get_task  # would close an import cycle (that module imports this one)
 
     try:
         task = get_task(spec.removeprefix("task:"))
@@ -316,7 +319,9 @@ def answer_key_for(cfg: Config, first_row: dict) -> str:
 
 
 def _needs_answer(cfg: Config) -> list[str]:
-    from rewards.base import function_name
+    from rewards.base import (
+        function_name,  # would close an import cycle (that module imports this one)
+    )
 
     return [f for f in cfg.reward.functions if function_name(f) in NEEDS_ANSWER]
 
@@ -404,7 +409,6 @@ def load_prompts(cfg: Config, tokenizer: Any, split: str = "train") -> PromptDat
         if not raw:
             return PromptDataset([], source=source)
         # Tasks always write prompt/answer, whatever the file-oriented column mapping says.
-        from dataclasses import replace
 
         cfg = replace(cfg, data=replace(cfg.data, prompt_key="prompt", answer_key="answer"))
         return build_rows(raw, list(raw[0]), source, cfg, tokenizer)

@@ -19,7 +19,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+import yaml
+
+from algorithms.base import ALGORITHMS, Algorithm
+from envs.base import get_task
+from rewards.base import detect_style, is_builtin, resolve_function
+from rlpost.checkpoint import latest
 from rlpost.config import Config, ConfigError
+from rlpost.data import (
+    HUB_ID_RE,
+    DataError,
+    _format_of,
+    _needs_answer,
+    answer_key_for,
+    load_table,
+    lookup,
+)
+from rlpost.registry import absolute_spec
 
 IMPORT_TIMEOUT_S = 60.0
 # What a TRL-style function may ask for besides data-set columns.
@@ -61,8 +78,6 @@ def check_algorithm(cfg: Config) -> None:
     if (target.endswith(".py") or "/" in target) and not Path(target).expanduser().exists():
         raise ConfigError(f"algorithm.name: file not found: {target}")
     import algorithms  # noqa: F401  (registers the built-ins; a user class imports them anyway)
-    from algorithms.base import ALGORITHMS, Algorithm
-    from rlpost.registry import absolute_spec
 
     try:
         cls = ALGORITHMS.get(absolute_spec(spec) if ":" in spec else spec)
@@ -76,7 +91,6 @@ def check_algorithm(cfg: Config) -> None:
 
 
 def _looks_like_hub_id(spec: str) -> bool:
-    from rlpost.data import HUB_ID_RE
 
     return bool(HUB_ID_RE.match(spec.split("?", 1)[0])) and not spec.endswith(
         (".jsonl", ".json", ".parquet", ".csv", ".tsv")
@@ -85,12 +99,9 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def data_columns(path: Path) -> tuple[list[str], dict]:
     """Column names and the first row of a data file, read cheaply (no full load)."""
-    from rlpost.data import _format_of
 
     fmt = _format_of(path)
     if path.is_dir():
-        from rlpost.data import load_table
-
         rows, cols, _ = load_table(str(path))
         return cols, rows[0] if rows else {}
     if fmt is None:
@@ -99,8 +110,6 @@ def data_columns(path: Path) -> tuple[list[str], dict]:
             "or a saved datasets directory)"
         )
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
         pf = pq.ParquetFile(str(path))
         first = next(pf.iter_batches(batch_size=1), None)
         row = first.to_pylist()[0] if first is not None and first.num_rows else {}
@@ -119,7 +128,6 @@ def data_columns(path: Path) -> tuple[list[str], dict]:
                             raise ConfigError(f"{path}: row 0 is not a JSON object")
                         return list(row), row
                 raise ConfigError(f"{path}: no rows")
-    from rlpost.data import load_table
 
     rows, cols, _ = load_table(str(path))
     return cols, rows[0] if rows else {}
@@ -129,7 +137,6 @@ def check_data(cfg: Config) -> set[str] | None:
     """``data.train`` / ``data.eval`` / ``algorithm.preference_data``: the file exists, has the
     prompt column, and the answer column when one is named or needed. Returns the train columns
     (None when they are not known without loading: a task or a hub id)."""
-    from rlpost.data import DataError, answer_key_for, lookup
 
     d = cfg.data
     columns: set[str] | None = None
@@ -157,8 +164,6 @@ def check_data(cfg: Config) -> set[str] | None:
                 "set data.answer_key='' if there are no reference answers)"
             )
         if not akey:
-            from rlpost.data import _needs_answer
-
             if _needs_answer(cfg):
                 raise ConfigError(
                     f"reward.functions: {_needs_answer(cfg)} compare against reference answers "
@@ -179,7 +184,6 @@ def check_data(cfg: Config) -> set[str] | None:
 def check_rewards(cfg: Config, columns: set[str] | None = None) -> None:
     """Each ``reward.functions`` spec: the file exists, imports, has the function, and its
     signature is one rlpost can call (checked in a subprocess: user code never runs here)."""
-    from rewards.base import is_builtin, resolve_function
 
     user: list[str] = []
     for i, spec in enumerate(cfg.reward.functions):
@@ -187,8 +191,6 @@ def check_rewards(cfg: Config, columns: set[str] | None = None) -> None:
         spec = spec.strip()
         if spec.startswith("task:"):
             try:
-                from envs.base import get_task
-
                 get_task(spec[5:])
             except Exception as e:  # noqa: BLE001 - a bad task name or option: one line
                 raise ConfigError(f"{key}={spec}: {_one_line(e)}") from e
@@ -249,7 +251,6 @@ def _probe(specs: list[str], style: str, columns: list[str] | None) -> dict[str,
 
 def signature_problem(fn: Any, style: str, columns: list[str] | None) -> str:
     """'' when rlpost can call ``fn`` in ``style``; else what is wrong, in one line."""
-    from rewards.base import detect_style
 
     try:
         sig = inspect.signature(fn)
@@ -293,7 +294,6 @@ def _one_line(e: BaseException) -> str:
 
 def _probe_main(arg: str) -> None:
     """Subprocess side of :func:`_probe`: one JSON line {spec: problem or ''}."""
-    from rewards.base import resolve_function
 
     req = json.loads(arg)
     out: dict[str, str] = {}
@@ -319,9 +319,6 @@ def resumable_run(cfg: Config) -> str:
     ``trainer.output_dir`` of the same recipe (same algorithm, model and data), judged by its
     newest checkpoint. Refuses, naming where it looked, when there is none: a resume never
     silently starts fresh."""
-    import yaml
-
-    from rlpost.checkpoint import latest
 
     out = Path(cfg.trainer.output_dir)
     if cfg.trainer.run_name:

@@ -10,11 +10,14 @@ import json
 import logging
 import math
 import os
+import struct
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from rlpost.config import Config, dump_yaml, to_dict
 
@@ -76,8 +79,6 @@ class Tracker:
         self.tty = sys.stderr.isatty() and cfg.logging.progress
         self.bar = None
         if self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
         self.wandb = None
         if cfg.logging.wandb:
@@ -196,7 +197,6 @@ def read_metrics(path: str | Path) -> list[dict]:
 def read_wandb_history(wandb_file: str | Path) -> list[dict[str, Any]]:
     """History rows of an offline ``run-*.wandb`` file (a LevelDB-style log of protobuf records),
     so tests and users can check what an offline run recorded without syncing it."""
-    import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 

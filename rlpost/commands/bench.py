@@ -10,6 +10,7 @@ A benchmark script prints a report; no test asserts on time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -19,7 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
+import torch
+from transformers import AutoTokenizer
+
+from algorithms.base import Needs
 from rlpost import resources
+from rlpost.config import load_config
+from rlpost.data import load_prompts
+from rlpost.runtime.cluster import start_actors
+from rlpost.runtime.sync import WeightSync
+from rlpost.tracking import read_metrics
+from rlpost.trainer import Trainer
 
 ANCHOR = resources.launch_file("recipes", "bench_small.yaml")
 PHASES = ["generate", "score", "train", "sync"]
@@ -67,10 +79,6 @@ def _median(xs: list[float]) -> float:
 
 def run_rlpost(steps: int, overrides: list[str], out_dir: Path) -> dict:
     """Train on the anchor config; steps after the first are timed (the first warms caches)."""
-    import ray
-
-    from rlpost.config import load_config
-    from rlpost.trainer import Trainer
 
     cfg = load_config(
         ANCHOR,
@@ -88,7 +96,6 @@ def run_rlpost(steps: int, overrides: list[str], out_dir: Path) -> dict:
         trainer.setup()
         startup = time.time() - t0
         trainer.fit()
-        from rlpost.tracking import read_metrics
 
         rows = read_metrics(trainer.run_dir / "metrics.jsonl")[1:]
         # Pure generation of the same samples (same prompts, n, max tokens) on the same engine.
@@ -180,14 +187,6 @@ def run_sync(presets: list[str], reps: int, overrides: list[str]) -> list[dict]:
     """Seconds per weight sync, object store vs collective group, on the same actors: one
     learner rank and one engine per model, the two transports interleaved so load drift on a
     shared machine hits both alike. Every sync is verified (checksums) at the end."""
-    import dataclasses
-
-    import ray
-
-    from algorithms.base import Needs
-    from rlpost.config import load_config
-    from rlpost.runtime.cluster import start_actors
-    from rlpost.runtime.sync import WeightSync
 
     out = []
     for preset in presets:
@@ -253,7 +252,6 @@ def sync_report(rows: list[dict], reps: int, device: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
 
     device = (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
@@ -270,11 +268,6 @@ def main(args: argparse.Namespace) -> int:
         ours = run_rlpost(args.steps, args.overrides, Path(tmp))
     trl = None
     if not args.no_trl:
-        from transformers import AutoTokenizer
-
-        from rlpost.config import load_config
-        from rlpost.data import load_prompts
-
         cfg = load_config(ANCHOR, args.overrides)
         tok = AutoTokenizer.from_pretrained(cfg.model.path)
         rows = load_prompts(cfg, tok, "train")

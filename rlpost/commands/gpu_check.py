@@ -28,11 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
 
+from rlpost.config import load_config
 from rlpost.models import tiny
 from rlpost.models.hf import causal_logprobs, load_model, load_tokenizer
 from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
+from rlpost.tracking import read_metrics
+from rlpost.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = "qwen2-0.5b"
@@ -160,11 +164,6 @@ PHASES = ["generate", "score", "train", "sync"]
 
 
 def run_mode(overrides: list[str], out: Path, steps: int) -> dict:
-    import ray  # the full stack needs Ray and vLLM; the learner-only level must not import them
-
-    from rlpost.config import load_config
-    from rlpost.tracking import read_metrics
-    from rlpost.trainer import Trainer
 
     cfg = load_config(
         ROOT / "launch/recipes/gpu_check.yaml",

@@ -13,6 +13,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}<|system|>\n{{ m['content'] }}\n"
@@ -57,7 +70,6 @@ PRESETS = {
 
 def model_config(preset: str, tokenizer_len: int, bos: int = 1, eos: int = 2, pad: int = 0):
     """The transformers config of ``preset`` (no weights): also what tests size-check."""
-    from transformers import LlamaConfig, Qwen2Config
 
     p = PRESETS[preset]
     common = dict(
@@ -104,8 +116,6 @@ def _corpus(limit: int = 3000) -> list[str]:
 
 def train_tokenizer(vocab_size: int, out: Path) -> None:
     """Byte-level BPE with bos/eos/pad and a chat template, saved via PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -130,12 +140,6 @@ def train_tokenizer(vocab_size: int, out: Path) -> None:
 
 def build(preset: str, out: str | Path, seed: int = 0) -> Path:
     """Write model + tokenizer for ``preset`` into ``out`` (atomic: temp dir then rename)."""
-    import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
@@ -173,7 +177,6 @@ def ensure(preset: str, seed: int = 0) -> Path:
 
 
 def num_params(path: str | Path) -> int:
-    from transformers import AutoConfig, AutoModel
 
     conf = AutoConfig.from_pretrained(path)
     model = AutoModel.from_config(conf)

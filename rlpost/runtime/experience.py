@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from envs.multiturn import make_envs, rollout_multiturn
 from rlpost.batch import Batch, build_sequences
 from rlpost.groups import group_ids_for
 
@@ -83,7 +84,6 @@ class ActorExperience:
     def generate_episodes(self, prompts: list[dict], n: int, **sampling: Any) -> Batch:
         """Multi-turn: vLLM drives every episode turn by turn; environment tokens are masked out
         of the loss; the environment's rewards are the scores."""
-        from envs.multiturn import make_envs, rollout_multiturn
 
         rows = [p for p in prompts for _ in range(n)]
         envs = make_envs(self.cfg.data.env, len(rows))

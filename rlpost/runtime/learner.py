@@ -18,12 +18,14 @@ from typing import Any
 
 import ray
 import torch
+from transformers.integrations import HfDeepSpeedConfig
 
 from rlpost.batch import Batch, length_order
 from rlpost.config import Config
 from rlpost.models.hf import causal_logprobs, load_model
 from rlpost.runtime import fault
 from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
+from rlpost.runtime.vllm_ext import tensor_checksum
 from rlpost.runtime.weight_group import (
     SRC,
     Bucket,
@@ -124,7 +126,6 @@ class LearnerWorker:
     def init(self, micro: int, gas: int, seed: int) -> int:
         """Load the model and build the DeepSpeed engine (all ranks call this together)."""
         import deepspeed
-        from transformers.integrations import HfDeepSpeedConfig
 
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         torch.manual_seed(seed)
@@ -362,8 +363,6 @@ class LearnerWorker:
 
     def checksums(self, names: list[str]) -> dict[str, str]:
         import deepspeed
-
-        from rlpost.runtime.vllm_ext import tensor_checksum
 
         out = {}
         stage3 = self.engine.zero_optimization_stage() == 3

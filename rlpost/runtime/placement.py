@@ -267,7 +267,7 @@ def use_ray_token_auth() -> bool:
 
 def cluster_resources() -> dict[str, float]:
     """Totals of the connected Ray cluster (``ray.cluster_resources()``)."""
-    import ray
+    import ray  # `rlpost plan` describes plans without a cluster: Ray only where one is used
 
     if not ray.is_initialized():
         raise PlacementError("cluster_resources: Ray is not initialised (call ray.init first)")
@@ -277,7 +277,7 @@ def cluster_resources() -> dict[str, float]:
 def cluster_nodes(address: str | None = None) -> list[Node]:
     """Alive nodes: from the connected driver, or through the state API at ``address``
     (a dashboard URL ``http://HEAD:8265`` or a GCS address) without connecting a driver."""
-    import ray
+    import ray  # `rlpost plan` describes plans without a cluster: Ray only where one is used
 
     if address is None and ray.is_initialized():
         return [
@@ -611,7 +611,7 @@ def place(plan: Plan, timeout_s: float = 60, check: bool = True, name: str = "")
     will add nodes). Raises PlacementError if the group is not ready within ``timeout_s``
     (e.g. other jobs hold the resources), naming the bundles; the group is removed then.
     """
-    import ray
+    import ray  # `rlpost plan` describes plans without a cluster: Ray only where one is used
     from ray.util.placement_group import placement_group, remove_placement_group
 
     if check:
@@ -645,7 +645,7 @@ def describe(plan: Plan, placed: PlacedPlan | None = None, nodes: list[Node] | N
     node_of: list[str] = []
     header_node = "node"
     if placed is not None:
-        import ray
+        import ray  # `rlpost plan` describes plans without a cluster: Ray only where one is used
 
         ids = placed.slot_nodes()
         known = [Node(n["NodeID"], n.get("NodeManagerAddress", ""), {}) for n in ray.nodes()]

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from rewards.pipeline import RewardPipeline
 from rlpost.config import Config
 from rlpost.runtime import fault
 
@@ -26,7 +27,6 @@ class RewardGroup:
         self.actor = self._new()
 
     def _new(self) -> Any:
-        from rewards.pipeline import RewardPipeline
 
         return ray.remote(RewardPipeline).options(**self.opts).remote(self.cfg)
 

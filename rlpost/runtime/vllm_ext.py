@@ -19,6 +19,7 @@ import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import ray
 import torch
 
 from rlpost.runtime.weight_group import (
@@ -34,8 +35,6 @@ def _tensors(blob: Any) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     if not isinstance(blob, (bytes, bytearray)):
-        import ray  # only the object-store path reads refs; workers may lack a Ray context
-
         blob = ray.get(blob)
     return load(bytes(blob))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.multiprocessing.reductions import reduce_tensor
 
 ALIGN = 64  # bytes: every slot starts aligned, so a uint8 slice can be viewed as any dtype
 SRC = 0  # learner rank 0 is rank 0 of the weight-update group
@@ -166,7 +167,6 @@ class WeightGroup:
 # ---------------------------------------------------------------------- CUDA IPC (colocated GPU)
 def ipc_handle(buf: torch.Tensor) -> Any:
     """A picklable handle to a CUDA tensor another process on the same GPU can map."""
-    from torch.multiprocessing.reductions import reduce_tensor
 
     return reduce_tensor(buf)
 
