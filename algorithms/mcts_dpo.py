@@ -15,7 +15,8 @@ from typing import Literal
 
 import torch
 
-from algorithms.base import Algorithm, Needs, as_floats, register
+from algorithms.base import Algorithm, Needs, register
+from algorithms.dpo import DPO
 from algorithms.mcts_search import (
     Node,
     Pair,
@@ -32,7 +33,7 @@ from envs.steps import StepEnv
 from rlpost.batch import Batch, build_sequences
 from rlpost.config import ConfigError, option
 from rlpost.groups import group_ids_for
-from rlpost.objective import dpo_pair_loss, sequence_logp
+from rlpost.objective import sequence_logp
 
 # Self-evaluation: the policy's p(" Yes") / (p(" Yes") + p(" No")) after the response so far and
 # one of these questions (with the data's reference solution when a row has one, as the paper's).
@@ -273,20 +274,8 @@ class MCTSDPO(Algorithm):
         pairs = 0.0 if self._stats["mcts/skipped_update"] else float(len(batch) // 2)
         return {**self._stats, "dpo/pairs": pairs}
 
-    # -- learner: DPO on the step pairs ---------------------------------------------------------
-    def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
-        a = self.a
-        loss, m = dpo_pair_loss(  # the DPO objective on the search's pairs, as DPO itself runs it
-            logp,
-            batch["ref_logp"],
-            batch["response_mask"],
-            a.beta,
-            a.loss_kind,
-            a.label_smoothing,
-            num_pairs=counts["num_seqs"] / 2,
-        )
-        metrics = {f"dpo/{k}": v for k, v in m.items() if k != "pairs"}
-        return loss, as_floats({"loss/dpo": loss.detach(), **metrics})
+    # -- learner: DPO on the step pairs, exactly as DPO trains on its pairs -----------------------
+    loss = DPO.loss
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pairs_total": self.pairs_total}
