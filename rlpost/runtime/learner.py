@@ -464,6 +464,7 @@ class LearnerGroup:
         self.master_addr = addr
         inits = [w.init.remote(self.micro, self.gas, cfg.trainer.seed) for w in self.workers]
         self.num_params = self._get(inits, "init", self.guard.start_timeout_s)[0]
+        self.builds = getattr(self, "builds", 0) + 1  # rebuilt ranks are new processes
 
     def guards(self) -> list[fault.Guard]:
         return [self.guard]

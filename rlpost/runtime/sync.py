@@ -72,6 +72,7 @@ class WeightSync:
 
     def __init__(self, cfg: Config, learners: Any, rollout: Any) -> None:
         self.cfg, self.learners, self.rollout = cfg, learners, rollout
+        self.learner_builds = learners.builds  # the group holds these ranks' processes
         r = cfg.rollout
         engine_devices = [d for per in rollout.device_ids() for d in per]
         self.transport, why = choose_transport(
@@ -101,10 +102,12 @@ class WeightSync:
         per-tensor checksums of every tensor the engines keep in checkpoint layout (vLLM fuses
         q/k/v and repacks linear weights on CPU: those are covered by ``rollout/logprob_diff``)."""
         t0 = time.perf_counter()
-        if self.transport == "collective" and self.rollout.restarts:
+        if self.transport == "collective" and (
+            self.rollout.restarts or self.learners.builds != self.learner_builds
+        ):
             log.warning(
-                "weight sync: a restarted engine is not in the weight-update group; the object "
-                "store carries the weights from now on"
+                "weight sync: a restarted engine or learner rank is not in the weight-update "
+                "group; the object store carries the weights from now on"
             )
             self.transport = "object_store"
         if self.transport == "collective":
