@@ -137,7 +137,7 @@ class Trainer:
         if self.reward is not None and state.get("reward"):
             self.reward.load_state_dict(state["reward"])
         if self.actors.weight_sync is not None:
-            self.actors.weight_sync.sync(self.exp.policy_version)
+            self.actors.weight_sync.sync(self.exp.policy_version, rewind=True)
 
     def _save(self) -> None:
         checkpoint.save(self.ckpt_root, self.step, self._ckpt_groups(), self._state())

@@ -137,6 +137,11 @@ class VLLMEngine:
             results.append(samples)
         return {"samples": results, "seconds": time.time() - t0}
 
+    def forget_version(self) -> None:
+        """Before a rewind (resume, or learners restored from a checkpoint): the older weights
+        that follow are meant, so the stale-version check must let them in once."""
+        self.version = -1
+
     def _stale(self, version: int) -> str:
         """Versions only move forward: a sync that arrives late must not overwrite newer weights.
         Checked before anything is loaded."""
@@ -299,6 +304,9 @@ class RolloutGroup:
             for j, samples in zip(parts[i], res["samples"]):
                 out[j] = samples
         return out, secs
+
+    def forget_version(self) -> None:
+        self.guard.get([e.forget_version.remote() for e in self.engines], "rewind")
 
     def load_weights(self, bucket_refs: list, version: int) -> None:
         self.version = version  # an engine restarted meanwhile is brought to this version

@@ -97,11 +97,13 @@ class WeightSync:
                 self.nbytes / 2**20,
             )
 
-    def sync(self, version: int, verify: bool = False) -> dict[str, float]:
+    def sync(self, version: int, verify: bool = False, rewind: bool = False) -> dict[str, float]:
         """Learner weights into every engine as policy ``version``. With ``verify``, compare
         per-tensor checksums of every tensor the engines keep in checkpoint layout (vLLM fuses
         q/k/v and repacks linear weights on CPU: those are covered by ``rollout/logprob_diff``)."""
         t0 = time.perf_counter()
+        if rewind:  # back to a checkpoint's weights: an older version, on purpose
+            self.rollout.forget_version()
         if self.transport == "collective" and (
             self.rollout.restarts or self.learners.builds != self.learner_builds
         ):
