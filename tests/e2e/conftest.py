@@ -103,6 +103,20 @@ def _wait_until_ready(cluster: SharedCluster, timeout: float = 180) -> None:
     raise TimeoutError(f"ray head not up after {timeout}s: {_tail(cluster.log)}")
 
 
+# A reward that varies even for a random-init model, so advantages and gradients are non-zero.
+DIGIT_REWARD = """
+def score(prompts, completions, **columns):
+    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+"""
+
+
+@pytest.fixture(scope="session")
+def reward_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("reward") / "digit_reward.py"
+    path.write_text(DIGIT_REWARD)
+    return f"{path}:score"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A Ray head (with dashboard: the state and jobs APIs live there) for the whole session.

@@ -18,19 +18,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "launch/recipes/grpo_tiny.yaml")
 
-# A reward that varies even for a random-init model, so advantages and gradients are non-zero.
-DIGIT_REWARD = """
-def score(prompts, completions, **columns):
-    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
-"""
-
-
-@pytest.fixture(scope="module")
-def reward_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("reward") / "digit_reward.py"
-    path.write_text(DIGIT_REWARD)
-    return f"{path}:score"
-
 
 def _finite(rows: list[dict]) -> None:
     for row in rows:
