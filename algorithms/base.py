@@ -35,6 +35,7 @@ from rlpost.objective import (
     policy_loss,
     score_at_last_token,
     sequence_kl,
+    truncated_is_weights,
     value_loss,
 )
 from rlpost.registry import Registry, absolute_spec
@@ -52,6 +53,7 @@ class Needs:
     row_multiple: int = 1  # rows that must land on the same rank and micro-batch (DPO pairs: 2)
     reward: bool = True  # offline preference learning scores nothing
     rollout: bool = True  # False: no vLLM engines, no weight sync (SFT from a data set)
+    off_policy: bool = False  # the loss corrects stale samples: generation may run ahead
 
 
 class Experience(Protocol):
@@ -315,17 +317,27 @@ class KLRegularized(Algorithm):
     def pg_term(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:
         """The policy loss named ``algorithm.policy_loss`` (default the clipped surrogate) on
         ``batch['advantages']``, plus the rollout/learner log-prob gap."""
-        a, mask, old = self.a, batch["response_mask"], batch["old_logp"]
+        a, mask, old, adv = self.a, batch["response_mask"], batch["old_logp"], batch["advantages"]
+        out: dict[str, Any] = {}
+        behaviour = batch.get("behav_logp")  # set when the samples were generated ahead
+        if behaviour is not None:  # A ← min(π_old/π_rollout, C)·A: the surrogate times the weight
+            w, m = truncated_is_weights(old, behaviour, mask, a.is_cap)
+            adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * w
+            out = {
+                "rollout/is_weight_mean": m["is_weight_mean"],
+                "rollout/is_clip_frac": m["is_clip_frac"],
+            }
         cfg = PolicyLossConfig(a.clip_low, a.clip_high, a.dual_clip or None, a.agg)
-        pg, m = policy_loss(
-            self.policy_loss_name(), logp, old, batch["advantages"], mask, cfg, counts
+        pg, m = policy_loss(self.policy_loss_name(), logp, old, adv, mask, cfg, counts)
+        sampled = old if behaviour is None else behaviour  # what the engine's log-probs were
+        out.update(
+            {
+                "loss/policy": pg.detach(),
+                "pg/clip_frac": m["clip_frac"],
+                "pg/approx_kl": m["approx_kl"],
+                "rollout/logprob_diff": masked_mean((logp - sampled).abs().detach(), mask),
+            }
         )
-        out = {
-            "loss/policy": pg.detach(),
-            "pg/clip_frac": m["clip_frac"],
-            "pg/approx_kl": m["approx_kl"],
-            "rollout/logprob_diff": masked_mean((logp - old).abs().detach(), mask),
-        }
         if "dual_clip_frac" in m:
             out["pg/dual_clip_frac"] = m["dual_clip_frac"]
         return pg, out

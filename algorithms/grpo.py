@@ -24,6 +24,7 @@ class GRPO(KLRegularized):
             samples_per_prompt=self.cfg.rollout.n,
             reference=self.uses_reference(),
             critic=self.uses_critic(),
+            off_policy=True,  # pg_term applies truncated importance weights to stale samples
         )
 
     def collect(self, exp, prompts: list[dict]) -> Batch:
@@ -32,20 +33,20 @@ class GRPO(KLRegularized):
             return batch
         # Dynamic sampling (DAPO): a group whose scores are all equal has zero advantage and
         # only dilutes the batch; drop it (no refill: the step trains on fewer rows).
-        self.reward_metrics = exp.score(batch)
+        # The metrics ride in batch.meta: collect may run ahead on the rollout thread.
+        metrics = exp.score(batch)
         scores = batch["scores"].tolist()
         by_prompt = groups(batch["group_id"])
         live = [rows for rows in by_prompt.values() if len({scores[i] for i in rows}) > 1]
-        self.kept_groups = len(live) / max(len(by_prompt), 1)
+        metrics["dynamic/kept_group_frac"] = len(live) / max(len(by_prompt), 1)
+        batch.meta["collect_metrics"] = metrics
         keep = sorted(i for rows in live for i in rows)
         return batch.select(keep) if keep else batch
 
     # -- driver: scores → advantages by the configured estimator -----------------------------
     def prepare(self, batch: Batch) -> dict[str, float]:
         metrics = self.compute_advantages(batch)
-        if self.a.dynamic_sampling:
-            metrics.update({"dynamic/kept_group_frac": self.kept_groups, **self.reward_metrics})
-        return metrics
+        return {**metrics, **batch.meta.get("collect_metrics", {})}
 
     # -- learner: surrogate + KL in the loss -------------------------------------------------
     def loss(self, logp: torch.Tensor, batch: Batch, counts: dict) -> tuple[torch.Tensor, dict]:

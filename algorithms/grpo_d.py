@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from algorithms.base import Needs, register
+from algorithms.base import register
 from algorithms.grpo import GRPO
 from rlpost.config import ConfigError
 
@@ -37,10 +37,3 @@ class GRPOD(GRPO):
 
     def uses_reference(self) -> bool:
         return max(self.a.kl.start, self.a.kl.end) > 0
-
-    def needs(self) -> Needs:
-        return Needs(
-            samples_per_prompt=self.cfg.rollout.n,
-            reference=self.uses_reference(),
-            critic=self.uses_critic(),
-        )

@@ -26,7 +26,10 @@ class PPO(KLRegularized):
 
     def needs(self) -> Needs:
         return Needs(
-            samples_per_prompt=self.cfg.rollout.n, reference=True, critic=self.uses_critic()
+            samples_per_prompt=self.cfg.rollout.n,
+            reference=True,
+            critic=self.uses_critic(),
+            off_policy=True,  # pg_term applies truncated importance weights to stale samples
         )
 
     # -- driver: KL-shaped token rewards → GAE ------------------------------------------------

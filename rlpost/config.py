@@ -240,6 +240,11 @@ class AlgorithmConfig:
     clip_low: float = _f(0.2, "PPO ratio clip below")
     clip_high: float = _f(0.2, "PPO ratio clip above (clip-higher when larger)")
     dual_clip: float = _f(0.0, "dual-clip constant c > 1, 0 = off")
+    is_cap: float = _f(
+        2.0,
+        "cap C of the truncated importance weight min(π_old/π_rollout, C) that corrects "
+        "samples generated ahead of the learner (trainer.off_policy_steps > 0)",
+    )
     policy_loss: str = _f("clipped", "policy loss (objective POLICY_LOSSES registry)")
     gamma: float = _f(1.0, "GAE discount")
     lam: float = _f(0.95, "GAE lambda")
@@ -286,6 +291,12 @@ class TrainerConfig:
         1800.0, "longest wait on any actor call before failing (its node may be gone, or it hung)"
     )
     start_timeout_s: float = _f(1800.0, "longest wait for an actor to start and load its model")
+    off_policy_steps: int = _f(
+        0,
+        "generate up to k steps ahead of the learner: 0 = synchronous, 1 = the next batch is "
+        "generated while the learner trains on this one (samples then lag by <= k weight "
+        "versions and are corrected by truncated importance weights, algorithm.is_cap)",
+    )
 
 
 @dataclass
@@ -535,6 +546,11 @@ def resolve_algorithm(cfg: Config) -> None:
             raise ConfigError(f"unknown key 'algorithm.{k}'{hint} ({a.name} options: {mine})")
     a.options = dataclasses.asdict(_build(opts_cls, given, "algorithm."))
     cls.validate(cfg)
+    if cfg.trainer.off_policy_steps and not cls(cfg).needs().off_policy:
+        raise ConfigError(
+            f"trainer.off_policy_steps: {a.name} learns on-policy only (its loss applies no "
+            "importance correction to samples generated ahead); set it to 0"
+        )
 
 
 def _model_exists(name: str) -> bool:
@@ -572,6 +588,15 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     ]:
         if val < 1:
             raise ConfigError(f"{key}: must be >= 1, got {val}")
+    if t.off_policy_steps < 0:
+        raise ConfigError(f"trainer.off_policy_steps: must be >= 0, got {t.off_policy_steps}")
+    if t.off_policy_steps and cfg.placement.mode == "colocate":
+        raise ConfigError(
+            "trainer.off_policy_steps: generation cannot run ahead when engines and learners "
+            "share devices (placement.mode=colocate: the engines sleep while learners train)"
+        )
+    if a.is_cap <= 0:
+        raise ConfigError(f"algorithm.is_cap: must be > 0, got {a.is_cap}")
     if t.max_restarts < 0:
         raise ConfigError(f"trainer.max_restarts: must be >= 0, got {t.max_restarts}")
     for key, secs in [

@@ -141,16 +141,29 @@ class Tracker:
             self.tb.close()
 
 
+def check_finite(step: int, metrics: dict[str, Any]) -> None:
+    """Stop the run on a NaN metric (call after logging it: the row stays on disk)."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
+    if bad:
+        raise FloatingPointError(f"step {step}: non-finite metrics {bad}")
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """``prefix`` before every key that has no ``loss/`` or ``prefix`` of its own (critic's)."""
+    return {k if k.startswith(("loss/", prefix)) else prefix + k: v for k, v in metrics.items()}
+
+
 def batch_metrics(batch: Any, exp: Any, step_s: float) -> dict[str, float]:
     """Throughput, lengths and policy versions of one step's batch."""
     mask = batch["response_mask"]
     resp_tokens = float(mask.sum())
     versions = batch.columns.get("policy_version", [exp.policy_version])
+    gen_s = batch.meta.get("gen_seconds", 0.0)  # engine seconds, set where the batch was made
     return {
         "timing_s/step": step_s,
-        "timing_s/generate_engine": exp.gen_seconds,
+        "timing_s/generate_engine": gen_s,
         "perf/tokens_per_s": resp_tokens / max(step_s, 1e-9),
-        "perf/gen_tokens_per_s": resp_tokens / max(exp.gen_seconds, 1e-9),
+        "perf/gen_tokens_per_s": resp_tokens / max(gen_s, 1e-9),
         "response/length_mean": resp_tokens / max(len(batch), 1),
         "response/clip_frac": sum(f == "length" for f in batch.columns.get("finish_reason", []))
         / max(len(batch), 1),

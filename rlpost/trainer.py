@@ -4,8 +4,10 @@
     → algorithm.prepare (advantages / weights) → learner epochs over mini-batches
     → sync weights into the rollout engines → log → checkpoint
 
-Everything distributed hides behind RolloutGroup.generate, LearnerGroup.train_step and
-WeightSync.sync (rlpost/runtime/sync.py); actors start in rlpost/runtime/cluster.py.
+With trainer.off_policy_steps = k > 0 the first two lines run up to k steps ahead, on the
+pipeline's thread (rlpost/runtime/pipeline.py), while the learner trains. Everything distributed
+hides behind RolloutGroup.generate, LearnerGroup.train_step and WeightSync.sync
+(rlpost/runtime/sync.py); actors start in rlpost/runtime/cluster.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +33,8 @@ from rlpost.runtime import fault
 from rlpost.runtime.cluster import Actors, connect_ray, start_actors
 from rlpost.runtime.experience import ActorExperience
 from rlpost.runtime.frozen import check_same_tokenizer
-from rlpost.tracking import Timer, Tracker, batch_metrics, setup_logging
+from rlpost.runtime.pipeline import Pipeline
+from rlpost.tracking import Timer, Tracker, batch_metrics, check_finite, prefixed, setup_logging
 
 log = logging.getLogger("rlpost")
 
@@ -49,6 +52,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir_for(cfg)
         self.actors = Actors(learners=None)
+        self._drawing, self._drawn = threading.Lock(), {}  # step → sampler state before it
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -69,20 +73,11 @@ class Trainer:
         fault.catch_sigterm()  # after ray.init, which installs a handler of its own
         checkpoint.check_shared_storage(self.run_dir)
         objective = functools.partial(build_algorithm, cfg)  # each learner rank builds its loss
-        self.actors = start_actors(cfg, needs, objective, self.actors)
-        act = self.actors
+        act = self.actors = start_actors(cfg, needs, objective, self.actors)
         self.rollout, self.learners, self.critic = act.rollout, act.learners, act.critic
         self.reference, self.teacher, self.reward = act.reference, act.teacher, act.reward
-        self.exp = ActorExperience(
-            cfg,
-            self.tokenizer,
-            self.rollout,
-            self.reward,
-            self.reference,
-            self.teacher,
-            self.critic,
-            self.learners,
-        )
+        groups = (act.rollout, act.reward, act.reference, act.teacher, act.critic, act.learners)
+        self.exp = ActorExperience(cfg, self.tokenizer, *groups)
         self.startup_s = time.time() - t0
         log.info(
             "actors up in %.1fs (policy %.2fM params)",
@@ -123,14 +118,21 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self._sampler_state(),
             "algorithm": self.algo.state_dict(),
             "policy_version": self.exp.policy_version,
             "reward": self.reward.state_dict() if self.reward is not None else {},
         }
 
+    def _sampler_state(self) -> dict[str, Any]:
+        """As it was before the next step's prompts were drawn, even if they were drawn ahead."""
+        with self._drawing:
+            self._drawn = {s: v for s, v in self._drawn.items() if s >= self.step}
+            return copy.deepcopy(self._drawn.get(self.step, self.sampler.state_dict()))
+
     def _load_state(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
+        self._drawn = {}
         self.sampler.load_state_dict(state["sampler"])
         self.algo.load_state_dict(state["algorithm"])
         self.exp.policy_version = state["policy_version"]
@@ -150,33 +152,32 @@ class Trainer:
         stop_at = cfg.trainer.steps
         if cfg.trainer.max_steps_this_run:
             stop_at = min(stop_at, self.step + cfg.trainer.max_steps_this_run)
+        # off_policy_steps = k > 0: step t+1 … t+k are generated while the learner trains on t
+        self.pipe = Pipeline(self._experience, cfg.trainer.off_policy_steps, stop_at)
         try:
             while self.step < stop_at:
                 timer, t_step = Timer(), time.perf_counter()
                 fault.inject(self.step + 1, self)  # test hook; a no-op unless asked
-                exp.step, exp.gen_seconds = self.step, 0.0
-
-                prompts = self.sampler.next(cfg.trainer.prompts_per_step)
-                with timer("generate"):
-                    batch = algo.collect(exp, prompts)
-                with timer("score"):  # reward, reference, teacher, critic: concurrently
-                    batch, metrics = exp.annotate(batch, self.needs)
-                metrics.update(algo.prepare(batch))
+                with timer("wait_rollout"):  # all of generate + score when synchronous
+                    batch, metrics = self.pipe.get(self.step)
+                with timer("prepare"):
+                    metrics.update(exp.catch_up(batch, self.needs))  # values, π_old if stale
+                    metrics.update(algo.prepare(batch))
                 with timer("train"):
                     metrics.update(self._train(batch))
                 metrics.update(algo.update(metrics))
                 self.step += 1
                 if self._sync_due(stop_at):
-                    with timer("sync"):
-                        metrics.update(self._sync())
+                    with timer("sync"):  # between two engine calls, never inside one
+                        metrics.update(self.pipe.between_calls(self._sync))
 
                 metrics.update(timer.times)
                 metrics.update(fault.metrics(self.actors.groups))
                 metrics.update(batch_metrics(batch, exp, time.perf_counter() - t_step))
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
-                    metrics.update(evaluate_in_loop(self))
+                    metrics.update(self.pipe.between_calls(evaluate_in_loop, self))
                 tracker.log(self.step, metrics)
-                self._check_finite(metrics)
+                check_finite(self.step, metrics)
                 if cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0:
                     self._save()
             if self.step >= cfg.trainer.steps:
@@ -185,8 +186,24 @@ class Trainer:
                     self.learners.export_hf(str(self.run_dir / "final"))
                     self.tokenizer.save_pretrained(str(self.run_dir / "final"))
         finally:
+            self.pipe.close()
             tracker.close()
         return self.run_dir
+
+    def _experience(self, step: int) -> tuple[Any, dict[str, float]]:
+        """Step's batch: prompts → samples → reward, reference, teacher (+ critic when
+        synchronous), on the pipeline's thread when made ahead."""
+        cfg, exp, timer = self.cfg, self.exp, Timer()
+        with self._drawing:  # a checkpoint saves the sampler as it was before unmade steps
+            self._drawn[step] = self.sampler.state_dict()
+            prompts = self.sampler.next(cfg.trainer.prompts_per_step)
+        exp.step, exp.gen_seconds = step, 0.0
+        with timer("generate"):
+            batch = self.algo.collect(exp, prompts)
+        with timer("score"):  # reward, reference, teacher, critic: concurrently
+            batch, metrics = exp.annotate(batch, self.needs)
+        batch.meta["gen_seconds"] = exp.gen_seconds
+        return batch, {**metrics, **timer.times}
 
     def _train(self, batch: Any) -> dict[str, float]:
         """Learner (and critic) epochs over mini-batches; colocated engines sleep meanwhile."""
@@ -198,12 +215,8 @@ class Trainer:
             self.rollout.sleep()
         metrics = self.learners.train_step(batch, cfg.learner.epochs, seed, self.needs.row_multiple)
         if self.critic is not None:
-            crit = self.critic.train_step(batch, cfg.learner.epochs, seed)
             metrics.update(
-                {
-                    k if k.startswith(("loss/", "critic/")) else f"critic/{k}": v
-                    for k, v in crit.items()
-                }
+                prefixed(self.critic.train_step(batch, cfg.learner.epochs, seed), "critic/")
             )
         if colocated:
             self.rollout.wake_up()
@@ -216,11 +229,6 @@ class Trainer:
     def _sync(self) -> dict[str, float]:
         self.exp.policy_version += 1
         return self.actors.weight_sync.sync(self.exp.policy_version, self.cfg.rollout.verify_sync)
-
-    def _check_finite(self, metrics: dict[str, Any]) -> None:
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
-        if bad:
-            raise FloatingPointError(f"step {self.step}: non-finite metrics {bad}")
 
     def shutdown(self) -> None:
         self.actors.shutdown()

@@ -72,6 +72,7 @@ from rlpost.objective.losses import (
     register_policy_loss,
     sequence_logp,
     sft_loss,
+    truncated_is_weights,
     value_loss,
 )
 from rlpost.registry import Registry
@@ -147,6 +148,7 @@ __all__ = [
     "sequence_kl",
     "sequence_logp",
     "sft_loss",
+    "truncated_is_weights",
     "value_loss",
     "whiten",
 ]

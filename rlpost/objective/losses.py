@@ -65,6 +65,24 @@ def clipped_pg_loss(
     return loss, metrics
 
 
+def truncated_is_weights(
+    old_logp: Tensor, behav_logp: Tensor, mask: Tensor, cap: float = 2.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token min(π_old/μ, C) for samples drawn by a behaviour policy μ (an engine running
+    older weights, or a kernel that rounds differently) while the ratio's π_old is the learner's
+    own policy before this step: truncation keeps the variance bounded at the price of a small
+    bias (Ionides 2008; the TIS correction of one-step-off RL pipelines). No gradient."""
+    if cap <= 0:
+        raise ValueError(f"importance-weight cap must be > 0, got {cap}")
+    log_w = (old_logp.detach() - behav_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    raw = torch.exp(log_w)
+    weights = raw.clamp(max=cap)
+    return weights, {
+        "is_weight_mean": masked_mean(weights, mask),
+        "is_clip_frac": masked_mean((raw > cap).to(weights.dtype), mask),
+    }
+
+
 def value_loss(
     values: Tensor,
     old_values: Tensor,

@@ -36,6 +36,7 @@ class ActorExperience:
         self.critic = critic
         self.learners = learners
         self.policy_version = 0
+        self.ahead = cfg.trainer.off_policy_steps  # batches may be made this many syncs early
         self.step = 0
         self.gen_seconds = 0.0
         self._seed_step, self._seed_offset = -1, 0  # see _seeds
@@ -189,7 +190,7 @@ class ActorExperience:
         if needs.teacher and self.teacher is not None and "teacher_logp" not in batch:
             futures["teacher_logp"] = self.teacher.logprobs_async(batch)
         metrics: dict[str, float] = {}
-        if needs.critic and self.critic is not None:
+        if needs.critic and self.critic is not None and not self.ahead:  # else in catch_up
             batch.tensors["values"] = self.critic.forward(batch)
         for key, fut in futures.items():
             if key != "scores":
@@ -197,3 +198,21 @@ class ActorExperience:
         if "scores" in futures:
             batch, metrics = self.finish_scores(batch, futures["scores"])
         return batch, metrics
+
+    def catch_up(self, batch: Batch, needs: Any) -> dict[str, float]:
+        """Just before training, what only the current learner and critic can give a batch made
+        ahead: values, and π_old = the learner's log-probs, the engine's kept as the behaviour
+        policy's (``behav_logp``) for the truncated importance weight. Staleness is logged either
+        way: weight versions between the engine that sampled a row and the learner now."""
+        lag = [self.policy_version - v for v in batch.columns.get("policy_version", [])] or [0]
+        metrics = {
+            "rollout/staleness_mean": sum(lag) / len(lag),
+            "rollout/staleness_max": float(max(lag)),
+        }
+        if not self.ahead:
+            return metrics
+        if needs.critic and self.critic is not None:
+            batch.tensors["values"] = self.critic.forward(batch)
+        batch.tensors["behav_logp"] = batch["old_logp"]
+        batch.tensors["old_logp"] = self.learners.forward(batch)
+        return metrics
