@@ -3,6 +3,7 @@
 
 Step 1 trains on a batch made by the initial weights; steps 2 and 3 train on batches that were
 generated while the learner trained the step before, so they are exactly one weight version old.
+(PPO's synchronous path is walked by tests/e2e/test_faults.py's critic test.)
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def test_one_step_off_trains_on_samples_one_version_old(run_cli, tmp_path, recip
         assert 0.0 <= r["rollout/is_clip_frac"] <= 1.0
         assert r["rollout/logprob_diff"] >= 0.0
         assert r["timing_s/generate"] > 0 and r["timing_s/train"] > 0
+    if name == "ppo":  # the critic trains too, on values the current critic computed
+        assert all("loss/value" in r and "critic/values_mean" in r for r in rows)
+        assert rows[-1]["critic/values_mean"] != rows[0]["critic/values_mean"]
     start = load_file(str(tiny.ensure("nano") / "model.safetensors"))
     end = load_file(str(tmp_path / name / "final" / "model.safetensors"))
     assert any(not torch.equal(start[k], end[k]) for k in start if k in end), "policy never moved"

@@ -64,21 +64,6 @@ def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stag
     assert (tmp_path / "grpo/checkpoints/latest").read_text() == "step-3"
 
 
-def test_ppo_tiny_trains_critic(run_cli, tmp_path, reward_file):
-    run_cli(
-        "train",
-        str(ROOT / "launch/recipes/ppo_tiny.yaml"),
-        "trainer.steps=2",
-        f"reward.functions=[{reward_file}]",
-        f"trainer.output_dir={tmp_path}",
-        "trainer.run_name=ppo",
-    )
-    rows = read_metrics(tmp_path / "ppo/metrics.jsonl")
-    _assert_training(rows, 2)
-    assert all("loss/value" in r and "critic/values_mean" in r for r in rows)
-    assert rows[-1]["critic/values_mean"] != rows[0]["critic/values_mean"]
-
-
 def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
     common = [
         RECIPE,
