@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from rlpost import preflight, resources
+from rlpost.commands.claims import Claim, interval, judge, parse_claims
 from rlpost.config import Config, ConfigError, load_config
 from rlpost.evaluation import IN_LOOP_SAMPLES
 from rlpost.tracking import read_metrics
@@ -94,6 +95,7 @@ TOP_KEYS = {
     "retries",
     "output_dir",
     "parallel",
+    "claims",
 }
 
 
@@ -122,6 +124,7 @@ class CompareSpec:
     output_dir: str = "runs"
     parallel: int = 1
     source: str = ""
+    claims: list[Claim] = field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
@@ -221,6 +224,7 @@ def load_spec(path: str | Path, extra: Sequence[str] = ()) -> CompareSpec:
         parallel=int(tree.get("parallel", 1)),
         source=str(p),
     )
+    spec.claims = parse_claims(tree.get("claims"), str(p), labels, CSV_FIELDS[4:])
     for key in ("steps", "eval_every", "eval_prompts", "parallel"):
         val = spec.steps if key == "steps" else getattr(spec, key)
         if val < 1:
@@ -744,6 +748,7 @@ def render_report(
     lines += ["", "## Who won what", ""]
     lines += [f"- {w}" for w in winners(summ)] or ["- no evaluated runs"]
     lines += [""]
+    lines += claims_section(spec.claims, rows)
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -762,6 +767,36 @@ def render_report(
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _ci(mu: float, h: float) -> str:
+    return f"{_fmt(mu)} [{_fmt(mu - h)}, {_fmt(mu + h)}]" if math.isfinite(h) else f"{_fmt(mu)}"
+
+
+def claims_section(claims: Sequence[Claim], rows: list[dict]) -> list[str]:
+    """95 % intervals of the final accuracy and KL per arm, and each claim's verdict."""
+    finals = final_rows(rows)
+    out = ["## 95 % intervals over seeds (final evaluation)", ""]
+    out += ["| arm | seeds | accuracy | KL | reward |", "| --- | --- | --- | --- | --- |"]
+    for arm, by_seed in finals.items():
+        cells = [interval([r[k] for r in by_seed.values()]) for k in ("accuracy", "kl", "reward")]
+        out.append(
+            f"| {arm} | {cells[0][2]} | " + " | ".join(_ci(m, h) for m, h, _ in cells) + " |"
+        )
+    out.append("")
+    if not claims:
+        return out
+    out += ["## Claims", "", "| claim | metric | difference [95 % interval] | smallest effect that "
+            "matters | verdict |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for c in claims:
+        j = judge(c, finals)
+        diff = f"{_fmt(j['diff'])} [{_fmt(j['lo'])}, {_fmt(j['hi'])}] ({j['how']})"
+        out.append(
+            f"| {j['claim']} | {j['metric']} | {diff} | {_fmt(j['margin'])} | **{j['verdict']}** |"
+        )
+    out += ["", "Reproduced: the interval lies above 0. Not reproduced: it lies below the smallest "
+            "effect that matters. Inconclusive: it holds both.", ""]  # fmt: skip
+    return out
 
 
 def write_outputs(
