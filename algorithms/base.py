@@ -318,6 +318,8 @@ class KLRegularized(Algorithm):
         """The policy loss named ``algorithm.policy_loss`` (default the clipped surrogate) on
         ``batch['advantages']``, plus the rollout/learner log-prob gap."""
         a, mask, old, adv = self.a, batch["response_mask"], batch["old_logp"], batch["advantages"]
+        if batch.meta.get("old_logp_from_forward"):  # one optimizer step: this forward is π_old
+            old = logp.detach()
         out: dict[str, Any] = {}
         behaviour = batch.get("behav_logp")  # set when the samples were generated ahead
         if behaviour is not None:  # A ← min(π_old/π_rollout, C)·A: the surrogate times the weight

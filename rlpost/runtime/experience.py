@@ -37,6 +37,11 @@ class ActorExperience:
         self.learners = learners
         self.policy_version = 0
         self.ahead = cfg.trainer.off_policy_steps  # batches may be made this many syncs early
+        lrn, rows = cfg.learner, cfg.trainer.prompts_per_step * cfg.rollout.n
+        # one optimizer step per batch: the learner's own forward, before that step, is π_old
+        self.one_update = lrn.epochs == 1 and (
+            not lrn.mini_batch_size or lrn.mini_batch_size >= rows
+        )
         self.step = 0
         self.gen_seconds = 0.0
         self._seed_step, self._seed_offset = -1, 0  # see _seeds
@@ -202,8 +207,10 @@ class ActorExperience:
     def catch_up(self, batch: Batch, needs: Any) -> dict[str, float]:
         """Just before training, what only the current learner and critic can give a batch made
         ahead: values, and π_old = the learner's log-probs, the engine's kept as the behaviour
-        policy's (``behav_logp``) for the truncated importance weight. Staleness is logged either
-        way: weight versions between the engine that sampled a row and the learner now."""
+        policy's (``behav_logp``) for the truncated importance weight. With one optimizer step
+        per batch the learner's forward in the loss, which runs before that step, is π_old
+        itself, so no extra pass is made. Staleness is logged either way: weight versions
+        between the engine that sampled a row and the learner now."""
         lag = [self.policy_version - v for v in batch.columns.get("policy_version", [])] or [0]
         metrics = {
             "rollout/staleness_mean": sum(lag) / len(lag),
@@ -214,5 +221,8 @@ class ActorExperience:
         if needs.critic and self.critic is not None:
             batch.tensors["values"] = self.critic.forward(batch)
         batch.tensors["behav_logp"] = batch["old_logp"]
-        batch.tensors["old_logp"] = self.learners.forward(batch)
+        if self.one_update:  # no extra pass: the loss takes π_old from its own forward
+            batch.meta["old_logp_from_forward"] = True
+        else:
+            batch.tensors["old_logp"] = self.learners.forward(batch)
         return metrics

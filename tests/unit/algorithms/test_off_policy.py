@@ -100,3 +100,28 @@ def test_off_policy_config_errors_name_the_key(make_cfg):
             "rollout.gpus_per_engine=1",
             "learner.gpus_per_rank=1",
         )
+
+
+def test_one_optimizer_step_takes_pi_old_from_the_losss_own_forward(make_cfg):
+    """epochs = 1, one mini-batch: π_old = the forward before the only step, so no extra pass;
+    the ratio is 1 and the gradient is −w·A per token (token-mean over 4 tokens)."""
+    algo = build_algorithm(
+        make_cfg("algorithm.name=grpo", "algorithm.kl.beta=0", "algorithm.is_cap=1.5")
+    )
+    behav = torch.zeros(4, 2)
+    behav[0, 1] = -0.5  # π_old/μ at logp = 0.1: e^0.6 = 1.82 → capped to 1.5
+    behav[1, 1] = 0.4  # e^-0.3 = 0.741
+    b = _batch(behav)
+    b.tensors["old_logp"] = torch.full((4, 2), -9.0)  # stale: must not be read
+    b.meta["old_logp_from_forward"] = True
+    algo.prepare(b)
+    s = 1 / math.sqrt(0.5)
+    logp = torch.full((4, 2), 0.1, requires_grad=True)
+    loss, m = algo.loss(logp, b, {"num_tokens": 4, "num_seqs": 4, "max_len": 1})
+    w0, w1 = 1.5, math.exp(-0.3)
+    assert loss.item() == pytest.approx(-(w0 * 0.5 * s - w1 * 0.5 * s) / 4, rel=1e-5)
+    loss.backward()
+    assert logp.grad[0, 1].item() == pytest.approx(-w0 * 0.5 * s / 4, rel=1e-5)
+    assert logp.grad[1, 1].item() == pytest.approx(w1 * 0.5 * s / 4, rel=1e-5)
+    assert m["rollout/is_clip_frac"] == pytest.approx(0.25)
+    assert m["pg/clip_frac"] == 0.0
