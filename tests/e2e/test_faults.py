@@ -205,3 +205,33 @@ def _wait_no_actors(cluster, timeout: float = 60) -> list:
             return []
         time.sleep(2)
     return cluster.alive_actors()
+
+
+def test_faults_while_generating_ahead(run_cli, tmp_path, reward_file):
+    """``trainer.off_policy_steps=1``: the engine is killed while step 2's batch is being made
+    on the pipeline's thread (replaced, the batch made again), then learner rank 1 dies at step 4
+    with step 4's batch made ahead: the pipeline is dropped, checkpoint 2 loaded, steps 3-4 redone.
+    The redone step 3 trains on a fresh batch made by the checkpoint's weights: staleness 0."""
+    proc = run_cli(
+        "train",
+        RECIPE,
+        "trainer.steps=4",
+        "trainer.save_every=2",
+        "trainer.off_policy_steps=1",
+        f"reward.functions=[{reward_file}]",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=ahead",
+        env={"RLPOST_FAULT_INJECT": "rollout:0:2,learner:1:4"},
+    )
+    out = proc.stdout + proc.stderr
+    assert out.count("FAULT_INJECT kill") == 2, out[-3000:]
+    run = tmp_path / "ahead"
+    _report_recovery(run)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert _steps(rows) == [1, 2, 3, 4]
+    assert [r["fault/restarts_rollout"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert [r["fault/restarts_learner"] for r in rows] == [0.0, 0.0, 1.0, 1.0]
+    assert sorted(_undone(run)) == [3]
+    assert [r["rollout/staleness_max"] for r in rows] == [0.0, 1.0, 0.0, 1.0]
+    assert [r["policy_version"] for r in rows] == [1.0, 2.0, 3.0, 4.0]
+    assert (run / "checkpoints/latest").read_text() == "step-4"
