@@ -87,6 +87,7 @@ PROVIDERS = [
     "rlpost.commands.evaluate",
     "rlpost.commands.sft",
     "rlpost.commands.rm",
+    "rlpost.commands.bon",
     "rlpost.commands.compare",
     "rlpost.commands.demo",
 ]

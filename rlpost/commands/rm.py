@@ -93,6 +93,11 @@ class TrainRMOptions:
     eval_fraction: float = _opt(0.1, help="held-out fraction of prompts (their pairs) for eval")
     eval_seed: int = _opt(0, help="seed of the held-out split (keep it fixed across members)")
     subset: float = _opt(1.0, help="train on this random fraction of the training pairs")
+    bootstrap: bool = _opt(
+        False,
+        help="train on a bootstrap resample (as many pairs, drawn with replacement, after "
+        "--subset): with a distinct --seed per member, an ensemble of Coste et al.'s kind",
+    )
     test_pairs: str = _opt(
         "",
         help="independent pairs file also evaluated each epoch (its prompts seen in --pairs "
@@ -111,6 +116,8 @@ def add_options(p: argparse.ArgumentParser, cls: type) -> None:
         helptext = f.metadata.get("help", "")
         if f.default is MISSING and f.default_factory is MISSING:
             p.add_argument(flag, dest=f.name, required=True, help=helptext)
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action="store_true", help=helptext)
         elif f.default_factory is not MISSING:
             p.add_argument(flag, dest=f.name, action="append", default=[], help=helptext)
         else:
@@ -361,6 +368,8 @@ def train_rm(opts: TrainRMOptions) -> dict[str, Any]:
     rng = random.Random(f"rlpost-rm-train:{opts.seed}")
     if opts.subset < 1.0:
         train = rng.sample(train, max(1, round(opts.subset * len(train))))
+    if opts.bootstrap:
+        train = rng.choices(train, k=len(train))
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     device = opts.device
@@ -432,6 +441,7 @@ def train_rm(opts: TrainRMOptions) -> dict[str, Any]:
             "base": base,
             "pairs": opts.pairs,
             "train_pairs": len(train),
+            "distinct_train_pairs": len({json.dumps(r, sort_keys=True) for r in train}),
             "eval_pairs": len(held),
             "test_pairs": len(test),
             "train_seconds": time.time() - t_start,

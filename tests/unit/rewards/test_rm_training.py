@@ -3,6 +3,7 @@ training a tiny reward model on a synthetic preference set, and errors that name
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -18,6 +19,7 @@ from rlpost.commands.rm import (
     SUMMARY_FILE,
     TrainRMOptions,
     _batch_rewards,
+    add_options,
     bradley_terry_loss,
     load_pairs,
     pairs_from_group,
@@ -167,3 +169,22 @@ def test_train_rm_cli_reports_a_missing_file_in_one_line(tmp_path, capsys, base)
     err = capsys.readouterr().err
     assert f"data error: {missing}: file not found" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_bootstrap_members_train_on_different_resamples(base, tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(60))
+    opts = TrainRMOptions(model=base, pairs=pairs, out="", epochs=1, eval_fraction=0.25)
+    drawn = []
+    for seed in (1, 2):
+        s = train_rm(replace(opts, out=str(tmp_path / f"rm{seed}"), seed=seed, bootstrap=True))
+        # as many pairs as the split gives, drawn with replacement: about 1 − 1/e distinct
+        assert s["train_pairs"] == 45 and 20 <= s["distinct_train_pairs"] < 45
+        drawn.append(s["final"])
+    assert drawn[0] != drawn[1]  # different resamples train different members
+    plain = train_rm(replace(opts, out=str(tmp_path / "rm0")))
+    assert plain["distinct_train_pairs"] == plain["train_pairs"] == 45
+    parser = argparse.ArgumentParser()
+    add_options(parser, TrainRMOptions)
+    args = parser.parse_args(["--model", "m", "--pairs", "p", "--out", "o", "--bootstrap"])
+    assert args.bootstrap is True
+    assert parser.parse_args(["--model", "m", "--pairs", "p", "--out", "o"]).bootstrap is False
