@@ -115,8 +115,6 @@ def start_actors(
         reg(a.reward)
     timeout = fault.Guard(cfg, "start").start_timeout_s
     seconds = fault.wait_started([g.starting for g in a.groups], timeout)
-    for g in a.groups:
-        g.startup_s = seconds[g.starting.group]
     t_up = time.perf_counter()
     if a.rollout is not None:
         a.weight_sync = WeightSync(cfg, a.learners, a.rollout)

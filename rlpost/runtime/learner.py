@@ -511,6 +511,7 @@ class LearnerGroup:
         """Create every rank and submit its ``init`` without waiting: rank 0 finds its address
         and the other ranks' ``init`` takes it as an object ref, so nothing blocks here."""
         cfg, lrn = self.cfg, self.cfg.learner
+        self._launched = time.time()
         actor = ray.remote(LearnerWorker)
         self.workers = []
         for rank in range(self.world):
@@ -528,15 +529,14 @@ class LearnerGroup:
         return fault.Starting(self.group, names, inits, self._started)
 
     def _started(self, results: list) -> None:
+        self.startup_s = time.time() - self._launched
         self.num_params = results[0]
         self.builds = getattr(self, "builds", 0) + 1  # rebuilt ranks are new processes
 
     def _finish_start(self) -> None:
         """Wait for ``init`` on every rank (alone; :func:`fault.wait_started` waits for several
         groups at once). A rank that dies here rebuilds the group like any other call."""
-        t0 = time.time()
         self._started(self._get(self.starting.refs, "init", self.guard.start_timeout_s))
-        self.startup_s = time.time() - t0
 
     def _build(self) -> None:
         """Create and initialise every rank (after a rank died, or a rewind to the start)."""
