@@ -89,6 +89,8 @@ def skip_muon_compile() -> None:
     compiler.compile = lambda: compiler.dummy_decorator
     try:
         import deepspeed.runtime.zero.muon.original_muon  # noqa: F401
+    except ImportError:  # a DeepSpeed without Muon: nothing to skip
+        pass
     finally:
         compiler.compile = real
 
