@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	@# the published torchvision/torchaudio fail to import beside the CPU torch build
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import torch, vllm, ray, deepspeed, transformers, datasets, wandb" 2>/dev/null
+	@# DeepSpeed's JIT ops (on CPU: the shm comm op), built once into the venv, not at the first run
+	$(PY) -c "from rlpost.runtime.learner import build_ds_ops; print('deepspeed ops:', build_ds_ops())"
 	touch $@
 
 lint: install

@@ -2,6 +2,10 @@
 
 No model hub is reachable in CI, so tests, benchmarks and the demo make their own models and then
 load them through exactly the ``from_pretrained`` path a user's real model takes.
+
+``rlpost.config`` imports this module in every process (to resolve ``tiny:PRESET``), so
+transformers and tokenizers are imported only where a model is built: a reward actor or worker
+does not pay for them.
 """
 
 from __future__ import annotations
@@ -14,17 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    LlamaConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -70,6 +63,7 @@ PRESETS = {
 
 def model_config(preset: str, tokenizer_len: int, bos: int = 1, eos: int = 2, pad: int = 0):
     """The transformers config of ``preset`` (no weights): also what tests size-check."""
+    from transformers import LlamaConfig, Qwen2Config  # heavy: only when a model is built
 
     p = PRESETS[preset]
     common = dict(
@@ -116,6 +110,8 @@ def _corpus(limit: int = 3000) -> list[str]:
 
 def train_tokenizer(vocab_size: int, out: Path) -> None:
     """Byte-level BPE with bos/eos/pad and a chat template, saved via PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # heavy
+    from transformers import PreTrainedTokenizerFast  # heavy: only when a model is built
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -140,6 +136,8 @@ def train_tokenizer(vocab_size: int, out: Path) -> None:
 
 def build(preset: str, out: str | Path, seed: int = 0) -> Path:
     """Write model + tokenizer for ``preset`` into ``out`` (atomic: temp dir then rename)."""
+    # heavy: only when a model is built
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
@@ -177,6 +175,7 @@ def ensure(preset: str, seed: int = 0) -> Path:
 
 
 def num_params(path: str | Path) -> int:
+    from transformers import AutoConfig, AutoModel  # heavy: only when a model is built
 
     conf = AutoConfig.from_pretrained(path)
     model = AutoModel.from_config(conf)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ def connect_ray(cfg: Config) -> None:
     """An existing cluster when ray.address / RAY_ADDRESS is set, else a local one."""
     if ray.is_initialized():
         return
+    t0 = time.perf_counter()
     addr = cfg.placement.ray_address or os.environ.get("RAY_ADDRESS", "")
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
     if addr:
@@ -38,6 +40,7 @@ def connect_ray(cfg: Config) -> None:
         if cfg.placement.num_cpus:
             kw["num_cpus"] = cfg.placement.num_cpus
         ray.init(**kw)
+    log.info("ray.init %.1fs", time.perf_counter() - t0)
 
 
 @dataclass
@@ -80,7 +83,12 @@ def start_actors(
 ) -> Actors:
     """Place and start the groups ``needs`` asks for; ``actors`` (empty) is filled as groups come
     up, so a failure half-way still lets the caller tear down what started. ``make_objective``
-    builds, inside each learner (and critic) rank, what that rank minimises."""
+    builds, inside each learner (and critic) rank, what that rank minimises.
+
+    Every group's actors are created first and then waited for together (one deadline,
+    ``trainer.start_timeout_s``): engines build, ranks load and references load at the same time,
+    not one group after another."""
+    t0 = time.perf_counter()
     connect_ray(cfg)
     sizes = placement.default_groups(cfg, needs)
     plan = placement.make_plan(cfg, sizes)
@@ -88,27 +96,35 @@ def start_actors(
     a = actors or Actors(learners=None)
     a.placed = placed = placement.place(plan, timeout_s=cfg.placement.timeout_s)
     log.info("placement:\n%s", placement.describe(plan, placed))
+    t_placed = time.perf_counter()
 
-    def up(group: Any) -> Any:
-        a.groups.append(group)
-        return group
-
-    reg = a.groups.append  # these register before they block: an interrupt tears them down too
+    reg = a.groups.append  # registered before anything blocks: an interrupt tears them down too
     if needs.rollout:
-        a.rollout = RolloutGroup(cfg, cfg.model.path, placed, reg)
-    a.learners = LearnerGroup(cfg, "policy", placed, "learner", make_objective, reg)
+        a.rollout = RolloutGroup(cfg, cfg.model.path, placed, reg, wait=False)
+    a.learners = LearnerGroup(cfg, "policy", placed, "learner", make_objective, reg, wait=False)
     if needs.critic:
-        a.critic = LearnerGroup(cfg, "critic", placed, "critic", make_objective, reg)
+        a.critic = LearnerGroup(cfg, "critic", placed, "critic", make_objective, reg, wait=False)
     if sizes["reference"]:
-        a.reference = up(
-            FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", placed)
-        )
+        a.reference = FrozenGroup(cfg, cfg.reference.path or cfg.model.path, "reference", placed)
+        reg(a.reference)
     if needs.teacher:
-        a.teacher = up(FrozenGroup(cfg, cfg.teacher.path, "teacher", placed))
+        a.teacher = FrozenGroup(cfg, cfg.teacher.path, "teacher", placed)
+        reg(a.teacher)
     if needs.reward:
-        a.reward = up(RewardGroup(cfg, placed))
+        a.reward = RewardGroup(cfg, placed)
+        reg(a.reward)
+    timeout = fault.Guard(cfg, "start").start_timeout_s
+    seconds = fault.wait_started([g.starting for g in a.groups], timeout)
+    t_up = time.perf_counter()
     if a.rollout is not None:
         a.weight_sync = WeightSync(cfg, a.learners, a.rollout)
         # a restarted engine gets the current weights through the object store
         a.rollout.weight_source = lambda: a.learners.export_weights(cfg.rollout.sync_bucket_mb)
+    log.info(
+        "start-up: ray + placement %.1fs, groups up %.1fs (%s), weight sync set up %.1fs",
+        t_placed - t0,
+        t_up - t_placed,
+        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
+        time.perf_counter() - t_up,
+    )
     return a

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -135,6 +136,59 @@ class Guard:
 
     def metrics(self) -> dict[str, float]:
         return {f"fault/restarts_{self.group}": float(self.restarts)}
+
+
+@dataclass
+class Starting:
+    """The calls a group waits on before it is up (one ref per actor, named like ``learner[1]``)
+    and what to do with their results. Groups hand these to :func:`wait_started` so every group
+    starts at once instead of one after another."""
+
+    group: str
+    names: list[str]
+    refs: list
+    done: Callable[[list], None] = lambda results: None
+
+
+def wait_started(starts: list[Starting], timeout_s: float) -> dict[str, float]:
+    """Wait for the start calls of every group together, one deadline for all; returns each
+    group's seconds until its last actor was up (from this call).
+
+    An actor that died while starting raises :class:`ActorFailure` naming its group and actor; a
+    deadline raises :class:`ActorTimeout` naming every actor still starting; an exception raised
+    by an actor's own start code (a bug, a bad model path) is logged with its group and raised
+    as it is."""
+    t0 = time.monotonic()
+    owner = {ref: (s, name) for s in starts for name, ref in zip(s.names, s.refs)}
+    left = {s.group: len(s.refs) for s in starts}
+    seconds = {s.group: 0.0 for s in starts if not s.refs}
+    for s in starts:
+        if not s.refs:
+            s.done([])
+    pending = list(owner)
+    while pending:
+        ready, pending = ray.wait(
+            pending, num_returns=1, timeout=max(0.0, timeout_s - (time.monotonic() - t0))
+        )
+        if not ready:
+            late = ", ".join(owner[r][1] for r in pending)
+            raise ActorTimeout(
+                f"start: {late} did not come up within {timeout_s:g} s "
+                f"(trainer.start_timeout_s): its node may be gone or the actor hung"
+            )
+        s, name = owner[ready[0]]
+        try:
+            ray.get(ready[0])
+        except DEATH as e:
+            raise ActorFailure(f"{s.group}: {name} died while starting: {cause_of(e)}") from e
+        except Exception:
+            log.error("%s: %s failed while starting", s.group, name)
+            raise
+        left[s.group] -= 1
+        if not left[s.group]:
+            seconds[s.group] = time.monotonic() - t0
+            s.done(ray.get(s.refs))
+    return seconds
 
 
 class Pending:

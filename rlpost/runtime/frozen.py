@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -15,6 +16,7 @@ from rlpost.runtime import fault
 
 class FrozenWorker:
     def __init__(self, cfg: Config, path: str, threads: int = 1) -> None:
+        t0 = time.time()
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.model = load_model(
@@ -23,6 +25,7 @@ class FrozenWorker:
         self.temperature = cfg.rollout.temperature
         self.micro = max(1, cfg.learner.micro_batch_size)
         self.chunk = cfg.learner.logprob_chunk
+        print(f"frozen model {path} loaded in {time.time() - t0:.1f}s", flush=True)
 
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> torch.Tensor:
@@ -50,6 +53,8 @@ class FrozenGroup:
         self.cfg, self.path, self.group = cfg, path, group
         self.guard = fault.Guard(cfg, group)
         self.actor = self._new()
+        # up once the model is loaded: the caller waits for it with the other groups
+        self.starting = fault.Starting(group, [f"{group}[0]"], [self.actor.__ray_ready__.remote()])
 
     def _new(self) -> Any:
         threads = self.cfg.learner.torch_threads or 1

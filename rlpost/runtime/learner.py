@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,6 +42,57 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+OPS_DIR_ENV = "TORCH_EXTENSIONS_DIR"
+
+
+def use_venv_ops_dir() -> str | None:
+    """Where DeepSpeed's JIT-built CPU ops live (on CPU: the shared-memory comm op every rank
+    loads in ``init_distributed``). Torch's default is one directory per user, so two virtual
+    environments on a machine rebuild the op (40-60 s on 2 cores) each time the other used it
+    last. Inside a virtual environment the ops go to ``<venv>/torch_extensions`` instead, built
+    once by ``make install`` (:func:`build_ds_ops`); an explicit TORCH_EXTENSIONS_DIR wins."""
+    if OPS_DIR_ENV not in os.environ and sys.prefix != sys.base_prefix:
+        if os.access(sys.prefix, os.W_OK):
+            os.environ[OPS_DIR_ENV] = os.path.join(sys.prefix, "torch_extensions")
+    return os.environ.get(OPS_DIR_ENV)
+
+
+def build_ds_ops() -> list[str]:
+    """Build (or find already built) the JIT ops a learner rank of this machine loads at start,
+    so the first run does not compile them. Returns the ops' names."""
+    use_venv_ops_dir()
+    import deepspeed.ops  # heavy: only the install step and learner ranks pay for it
+    from deepspeed.accelerator import get_accelerator
+
+    built = []
+    for name in ("ShareMemCommBuilder",):  # the optimizer is torch's AdamW: no CPUAdam op
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+            continue
+        builder.load()
+        built.append(builder.absolute_name())
+    return built
+
+
+def skip_muon_compile() -> None:
+    """``deepspeed.initialize`` imports DeepSpeed's Muon optimizer (to check the optimizer type),
+    whose module wraps its kernels in ``torch.compile`` at import: all of inductor, 3-4 s of CPU
+    per rank. The optimizer here is always AdamW (:func:`ds_config`), so the module is imported
+    once with DeepSpeed's compile decorator as a no-op; Muon, if ever run, would run eagerly."""
+    if "deepspeed.runtime.zero.muon.original_muon" in sys.modules:
+        return
+    from deepspeed.runtime import compiler  # heavy: only learner ranks pay for it
+
+    real = compiler.compile
+    compiler.compile = lambda: compiler.dummy_decorator
+    try:
+        import deepspeed.runtime.zero.muon.original_muon  # noqa: F401
+    except ImportError:  # a DeepSpeed without Muon: nothing to skip
+        pass
+    finally:
+        compiler.compile = real
 
 
 def lr_lambda(warmup: int, total: int, shape: str):
@@ -98,17 +150,8 @@ class LearnerWorker:
         role: str,
         rank: int,
         world: int,
-        addr: str,
-        port: int,
         make_objective: Callable[[], Any] | None = None,
     ) -> None:
-        os.environ.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK="0",
-            MASTER_ADDR=addr,
-            MASTER_PORT=str(port),
-        )
         self.cfg, self.role, self.rank, self.world = cfg, role, rank, world
         threads = cfg.learner.torch_threads or max(1, int(round(cfg.learner.cpus_per_rank)))
         torch.set_num_threads(threads)
@@ -123,10 +166,26 @@ class LearnerWorker:
     def node_ip() -> str:
         return ray.util.get_node_ip_address()
 
-    def init(self, micro: int, gas: int, seed: int) -> int:
-        """Load the model and build the DeepSpeed engine (all ranks call this together)."""
-        import deepspeed
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0's node and a free port there: where the ranks' process group meets."""
+        return self.node_ip(), free_port()
 
+    def init(self, micro: int, gas: int, seed: int, master: tuple[str, int]) -> int:
+        """Load the model and build the DeepSpeed engine (all ranks call this together;
+        ``master`` is rank 0's :meth:`master_address`, passed as its object ref)."""
+        t0 = time.time()
+        use_venv_ops_dir()
+        import deepspeed  # heavy: only learner ranks pay for it
+
+        addr, port = master
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world),
+            LOCAL_RANK="0",
+            MASTER_ADDR=addr,
+            MASTER_PORT=str(port),
+        )
+        t_import = time.time()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         torch.manual_seed(seed)
         conf = ds_config(self.cfg, self.role, micro, gas, self.on_gpu)
@@ -145,11 +204,13 @@ class LearnerWorker:
                 dtype,
                 trust_remote_code=self.cfg.model.trust_remote_code,
             )
+        t_load = time.time()
         if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         lrn = self.cfg.learner
+        skip_muon_compile()
         schedule = lr_lambda(lrn.warmup_steps, self.cfg.trainer.steps * lrn.epochs, lrn.lr_schedule)
         self.engine, *_ = deepspeed.initialize(
             model=model,
@@ -160,6 +221,13 @@ class LearnerWorker:
         n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full
         conf = model.config  # for perf/mfu on GPU
         self.flops_arch = (n, conf.num_hidden_layers, conf.hidden_size)
+        if self.rank == 0:
+            print(
+                f"{self.role} rank 0 init: import deepspeed {t_import - t0:.1f}s, "
+                f"process group + model load {t_load - t_import:.1f}s, "
+                f"deepspeed.initialize {time.time() - t_load:.1f}s",
+                flush=True,
+            )
         return n
 
     # ------------------------------------------------------------------ forward
@@ -414,9 +482,12 @@ class LearnerGroup:
         group: str = "learner",
         make_objective: Callable[[], Any] | None = None,
         on_create: Callable[[LearnerGroup], None] | None = None,
+        wait: bool = True,
     ):
         """``make_objective`` builds, inside each rank, the object whose ``loss`` (or
-        ``critic_loss``) the rank minimises: the learner runs a loss, it never picks one."""
+        ``critic_loss``) the rank minimises: the learner runs a loss, it never picks one.
+        ``wait=False`` only launches the ranks: the caller waits on ``self.starting``
+        (:func:`fault.wait_started`), so other groups start meanwhile."""
         self.cfg = cfg
         self.role = role
         self.placed, self.group = placed, group
@@ -433,38 +504,46 @@ class LearnerGroup:
         self.workers: list[Any] = []
         if on_create is not None:
             on_create(self)  # registered for teardown before anything blocks
-        t0 = time.time()
-        self._build()
-        self.startup_s = time.time() - t0
+        self.startup_s = 0.0
+        self.starting = self._launch()
+        if wait:
+            self._finish_start()
 
-    def _build(self) -> None:
-        """Create and initialise every rank (at start, and after a rank died)."""
+    def _launch(self) -> fault.Starting:
+        """Create every rank and submit its ``init`` without waiting: rank 0 finds its address
+        and the other ranks' ``init`` takes it as an object ref, so nothing blocks here."""
         cfg, lrn = self.cfg, self.cfg.learner
-        port = free_port()
+        self._launched = time.time()
         actor = ray.remote(LearnerWorker)
         self.workers = []
-        addr = None
         for rank in range(self.world):
             opts: dict[str, Any] = {"num_cpus": lrn.cpus_per_rank, "num_gpus": lrn.gpus_per_rank}
             if self.placed is not None:
                 opts["scheduling_strategy"] = self.placed.strategy(self.group, rank)
-            if addr is None:
-                w0 = actor.options(**opts).remote(cfg, self.role, 0, self.world, "127.0.0.1", port)
-                self.workers.append(w0)  # killed by shutdown if interrupted here
-                addr = self.guard.get(
-                    w0.node_ip.remote(), "rank 0 start", self.guard.start_timeout_s
-                )
-                self.workers.remove(w0)
-                ray.kill(w0)
-            self.workers.append(
-                actor.options(**opts).remote(
-                    cfg, self.role, rank, self.world, addr, port, self.make_objective
-                )
+            self.workers.append(  # killed by shutdown if interrupted from here on
+                actor.options(**opts).remote(cfg, self.role, rank, self.world, self.make_objective)
             )
-        self.master_addr = addr
-        inits = [w.init.remote(self.micro, self.gas, cfg.trainer.seed) for w in self.workers]
-        self.num_params = self._get(inits, "init", self.guard.start_timeout_s)[0]
+        master = self.workers[0].master_address.remote()
+        inits = [
+            w.init.remote(self.micro, self.gas, cfg.trainer.seed, master) for w in self.workers
+        ]
+        names = [f"{self.group}[{r}]" for r in range(self.world)]
+        return fault.Starting(self.group, names, inits, self._started)
+
+    def _started(self, results: list) -> None:
+        self.startup_s = time.time() - self._launched
+        self.num_params = results[0]
         self.builds = getattr(self, "builds", 0) + 1  # rebuilt ranks are new processes
+
+    def _finish_start(self) -> None:
+        """Wait for ``init`` on every rank (alone; :func:`fault.wait_started` waits for several
+        groups at once). A rank that dies here rebuilds the group like any other call."""
+        self._started(self._get(self.starting.refs, "init", self.guard.start_timeout_s))
+
+    def _build(self) -> None:
+        """Create and initialise every rank (after a rank died, or a rewind to the start)."""
+        self.starting = self._launch()
+        self._finish_start()
 
     def guards(self) -> list[fault.Guard]:
         return [self.guard]

@@ -25,9 +25,10 @@ class RewardGroup:
         self.guard = fault.Guard(cfg, "reward")
         self._state: dict = {}  # what a replacement actor starts from
         self.actor = self._new()
+        # up once its workers are: the caller waits for it with the other groups
+        self.starting = fault.Starting("reward", ["reward[0]"], [self.actor.__ray_ready__.remote()])
 
     def _new(self) -> Any:
-
         return ray.remote(RewardPipeline).options(**self.opts).remote(self.cfg)
 
     def guards(self) -> list[fault.Guard]:

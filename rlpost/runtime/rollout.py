@@ -98,6 +98,7 @@ class VLLMEngine:
         )
         self.startup_s = time.time() - t0
         self.seeded_budget = seeded_budget(self.llm)
+        print(f"engine {index}: vLLM built and warmed up in {self.startup_s:.1f}s", flush=True)
 
     def ready(self) -> float:
         return self.startup_s
@@ -217,22 +218,33 @@ class RolloutGroup:
     ``weight_source`` (set by the trainer; the same version check as a normal sync) and handed
     the call it owed again (``trainer.max_restarts`` times; see rlpost/runtime/fault.py)."""
 
-    def __init__(self, cfg: Config, model_path: str, placed: Any = None, on_create=None) -> None:
+    def __init__(
+        self, cfg: Config, model_path: str, placed: Any = None, on_create=None, wait: bool = True
+    ) -> None:
+        """``wait=False`` only creates the engines: the caller waits on ``self.starting``
+        (:func:`fault.wait_started`), so other groups start meanwhile."""
         self.cfg = cfg
         self.model_path, self.placed = model_path, placed
         self.guard = fault.Guard(cfg, "rollout")
         self.weight_source: Callable[[], list] | None = None  # () -> weight bucket refs
         self.restarts = 0
+        self.version = 0
+        self.startup_s = 0.0
         self.engines = []
         if on_create is not None:
             on_create(self)  # registered for teardown before anything blocks
         for i in range(cfg.rollout.engines):
             self.engines.append(self._new_engine(i))
-        ready = self.guard.get(
-            [e.ready.remote() for e in self.engines], "engine start", self.guard.start_timeout_s
+        self.starting = fault.Starting(
+            "rollout", self._names(), [e.ready.remote() for e in self.engines], self._started
         )
-        self.startup_s = max(ready)
-        self.version = 0
+        if wait:
+            self._started(
+                self.guard.get(self.starting.refs, "engine start", self.guard.start_timeout_s)
+            )
+
+    def _started(self, ready: list[float]) -> None:
+        self.startup_s = max(ready, default=0.0)  # each engine's own build time
 
     def _new_engine(self, i: int) -> Any:
         r = self.cfg.rollout

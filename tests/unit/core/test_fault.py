@@ -97,3 +97,64 @@ def test_injection_plan_is_read_per_step(monkeypatch):
     assert fault.planned_kills(2) == [("rollout", 0)]
     assert fault.planned_kills(4) == [("learner", 1)]
     assert fault.planned_kills(1) == []
+
+
+def _fake_ray(monkeypatch, results: dict, hang: set = frozenset()):
+    """ray.wait hands back refs one at a time (those in ``hang`` never); ray.get gives
+    ``results[ref]`` or raises it when it is an exception."""
+
+    def wait(pending, num_returns=1, timeout=None):
+        ready = [r for r in pending if r not in hang][:1]
+        return ready, [r for r in pending if r not in ready]
+
+    def get(refs, timeout=None):
+        if isinstance(refs, list):
+            return [get(r) for r in refs]
+        if isinstance(results[refs], BaseException):
+            raise results[refs]
+        return results[refs]
+
+    monkeypatch.setattr(fault.ray, "wait", wait)
+    monkeypatch.setattr(fault.ray, "get", get)
+
+
+def test_start_waits_for_every_group_and_hands_each_its_results(monkeypatch):
+    _fake_ray(monkeypatch, {"e0": 1.5, "l0": 7, "l1": 7, "ref": None})
+    got: dict = {}
+    starts = [
+        fault.Starting("rollout", ["engine[0]"], ["e0"], lambda r: got.update(rollout=r)),
+        fault.Starting(
+            "learner", ["learner[0]", "learner[1]"], ["l0", "l1"], lambda r: got.update(learner=r)
+        ),
+        fault.Starting("reference", ["reference[0]"], ["ref"]),
+        fault.Starting("critic", [], []),
+    ]
+    seconds = fault.wait_started(starts, timeout_s=60)
+    assert got == {"rollout": [1.5], "learner": [7, 7]}
+    assert set(seconds) == {"rollout", "learner", "reference", "critic"}
+
+
+def test_start_names_the_group_and_actor_that_died(monkeypatch):
+    _fake_ray(monkeypatch, {"e0": 1.0, "w": Died()})
+    starts = [
+        fault.Starting("rollout", ["engine[0]"], ["e0"]),
+        fault.Starting("reward", ["reward[0]"], ["w"]),
+    ]
+    with pytest.raises(fault.ActorFailure, match=r"^reward: reward\[0\] died while starting"):
+        fault.wait_started(starts, timeout_s=60)
+
+
+def test_start_past_the_deadline_names_every_actor_still_starting(monkeypatch):
+    _fake_ray(monkeypatch, {"e0": 1.0, "l0": 3, "l1": 3}, hang={"l0", "l1"})
+    starts = [
+        fault.Starting("rollout", ["engine[0]"], ["e0"]),
+        fault.Starting("learner", ["learner[0]", "learner[1]"], ["l0", "l1"]),
+    ]
+    with pytest.raises(fault.ActorTimeout, match=r"learner\[0\], learner\[1\] did not come up"):
+        fault.wait_started(starts, timeout_s=0)
+
+
+def test_start_raises_an_actors_own_error_as_it_is(monkeypatch):
+    _fake_ray(monkeypatch, {"l0": ValueError("no such model")})
+    with pytest.raises(ValueError, match="no such model"):
+        fault.wait_started([fault.Starting("learner", ["learner[0]"], ["l0"])], timeout_s=60)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from rlpost.batch import build_sequences
 from rlpost.config import config_from_dict
 from rlpost.models.hf import token_logprobs
-from rlpost.runtime.learner import _even_chunks, _pad_rows, ds_config, lr_lambda
+from rlpost.runtime.learner import (
+    OPS_DIR_ENV,
+    _even_chunks,
+    _pad_rows,
+    ds_config,
+    lr_lambda,
+    use_venv_ops_dir,
+)
 
 
 def test_token_logprobs_align_with_input_ids():
@@ -73,3 +82,13 @@ def test_lr_schedule_trains_from_the_first_step():
     assert warm(4) == 1.0 and warm(7) == 0.5 and warm(10) == 0.0
     cos = lr_lambda(0, 4, "cosine")
     assert cos(0) == 1.0 and abs(cos(2) - 0.5) < 1e-12 and abs(cos(4)) < 1e-12
+
+
+def test_deepspeed_ops_are_built_per_virtual_env_unless_a_dir_is_set(monkeypatch, tmp_path):
+    monkeypatch.setenv(OPS_DIR_ENV, "unset below; restored after the test")
+    monkeypatch.delenv(OPS_DIR_ENV)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert use_venv_ops_dir() == str(tmp_path / "torch_extensions")
+    monkeypatch.setenv(OPS_DIR_ENV, "/elsewhere")
+    assert use_venv_ops_dir() == "/elsewhere"  # a user's own choice wins
