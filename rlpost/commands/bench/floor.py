@@ -48,15 +48,16 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _timed(fn: Callable[[], None], reps: int) -> float:
-    """Median seconds of ``reps`` calls after one untimed warm-up call (allocator, kernels)."""
+def _timed(fn: Callable[[], None], reps: int) -> tuple[float, float]:
+    """Median and best seconds of ``reps`` calls after one untimed warm-up call (allocator,
+    kernels); the best is kept because on a shared machine it is the closer one to a floor."""
     fn()
     times = []
     for _ in range(max(1, reps)):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def _nll(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ def _reference_forward_s(
     micro: int,
     reps: int,
     trust_remote_code: bool,
-) -> float:
+) -> tuple[float, float]:
     """No-grad forward in micro-batches, the frozen reference's work (its own function so the
     model is freed before the policy and its optimizer state are built)."""
     ref = load_model(model_path, "causal_lm", torch.float32, trust_remote_code=trust_remote_code)
@@ -107,16 +108,15 @@ def measure_floor(
     """Seconds of a no-grad reference forward and of one policy pass (forward + backward +
     AdamW step per mini-batch, micro-batches of ``micro`` rows) on ``ids``/``attn``, fp32, and
     the policy pass again under bf16 autocast when ``autocast_bf16`` (as the learner would run).
-    Thread counts are the learner's and the frozen reference's."""
+    Medians under ``*_s``, best runs under ``*_min_s``. Thread counts are the learner's and the frozen reference's."""
     rows = ids.shape[0]
     micro = max(1, min(micro, rows))
     mini = mini or rows
     out: dict[str, float] = {"rows": float(rows), "tokens": float(attn.sum())}
 
     with torch_threads(ref_threads):
-        out["reference_forward_s"] = _reference_forward_s(
-            model_path, ids, attn, micro, reps, trust_remote_code
-        )
+        med, best = _reference_forward_s(model_path, ids, attn, micro, reps, trust_remote_code)
+        out.update(reference_forward_s=med, reference_forward_min_s=best)
     policy = load_model(model_path, "causal_lm", torch.float32, trust_remote_code=trust_remote_code)
     policy.config.use_cache = False
     policy.train()
@@ -140,9 +140,11 @@ def measure_floor(
         return run
 
     with torch_threads(policy_threads):
-        out["policy_step_fp32_s"] = _timed(policy_pass(False), reps)
+        med, best = _timed(policy_pass(False), reps)
+        out.update(policy_step_fp32_s=med, policy_step_fp32_min_s=best)
         if autocast_bf16:
-            out["policy_step_bf16_s"] = _timed(policy_pass(True), reps)
+            med, best = _timed(policy_pass(True), reps)
+            out.update(policy_step_bf16_s=med, policy_step_bf16_min_s=best)
     return out
 
 

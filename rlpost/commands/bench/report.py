@@ -78,6 +78,10 @@ def _f(x: float | None, fmt: str = ".2f", none: str = "—") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+def _x(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}x"
+
+
 def _memory_line(rows: list[dict[str, Any]]) -> str:
     parts = []
     for r in rows:
@@ -114,8 +118,8 @@ def _anchor_md(name: str, a: dict[str, Any]) -> list[str]:
         step = arm["s_per_step"]
         ph = arm.get("phases", {})
         lines.append(
-            f"| {label} | {_f(step)} | {_f(_ratio(step, s['floor_s_per_step']))}x | "
-            f"{_f(_ratio(trl_s, step))}x | {_f(arm.get('startup_s'), '.1f')} | "
+            f"| {label} | {_f(step)} | {_x(_ratio(step, s['floor_s_per_step']))} | "
+            f"{_x(_ratio(trl_s, step))} | {_f(arm.get('startup_s'), '.1f')} | "
             + " | ".join(_f(ph.get(p)) for p in phases)
             + f" | {_f(arm.get('generation_s'))} |"
         )
@@ -131,7 +135,7 @@ def _anchor_md(name: str, a: dict[str, Any]) -> list[str]:
     if trl_s is not None:
         lines.append(
             f"| TRL GRPOTrainer (HF generate) | {_f(trl_s)} | "
-            f"{_f(_ratio(trl_s, s['floor_s_per_step']))}x | 1.00x | | | | | | |"
+            f"{_x(_ratio(trl_s, s['floor_s_per_step']))} | 1.00x | | | | | | |"
         )
     else:
         why = trl.get("skipped") or (trl.get("error", "").strip().splitlines() or ["?"])[-1]
@@ -143,10 +147,14 @@ def _anchor_md(name: str, a: dict[str, Any]) -> list[str]:
             if "policy_step_bf16_s" in floor
             else ""
         )
+        best = ", ".join(
+            f"{k.removesuffix('_min_s')} {_f(v)}" for k, v in floor.items() if k.endswith("_min_s")
+        )
         lines.append(
             f"floor = bare vLLM generation {_f(floor.get('generation_s'))} s + reference forward "
             f"{_f(floor['reference_forward_s'])} s + policy forward/backward/AdamW "
-            f"(fp32 {_f(floor['policy_step_fp32_s'])} s{bf16}) x {a['epochs']} epoch(s), on the "
+            f"(fp32 {_f(floor['policy_step_fp32_s'])} s{bf16}) x {a['epochs']} epoch(s), medians "
+            f"(best runs: {best or '—'}) on the "
             f"trained batch ({floor['rows']:.0f} rows, {floor['tokens']:.0f} tokens), "
             f"policy threads {floor.get('policy_threads')}, reference threads "
             f"{floor.get('ref_threads')}"
