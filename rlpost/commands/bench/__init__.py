@@ -99,7 +99,9 @@ def run_rlpost(
         "generation_s": _median(gen),
         "tokens_per_step": _median([r["response/length_mean"] * r["batch/rows"] for r in rows]),
         "response_length_mean": _median([r["response/length_mean"] for r in rows]),
-        "staleness_mean": _median([r[k] for r in rows if (k := "rollout/staleness_mean") in r]),
+        "staleness_mean": _median([r[k] for r in rows if (k := "rollout/staleness_mean") in r])
+        if any("rollout/staleness_mean" in r for r in rows)
+        else None,
         "peak_memory": memory,
         "params_m": params / 1e6,
         "steps_timed": len(rows),
@@ -287,7 +289,9 @@ def _write(text: str, out: str, data: dict | None = None) -> None:
     path = Path(out)
     path.write_text(text if text.endswith("\n") else text + "\n")
     if data is not None:
-        path.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        path.with_suffix(".json").write_text(
+            json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
+        )
         print(f"[bench] wrote {path} and {path.with_suffix('.json')}")
 
 

@@ -68,10 +68,21 @@ def summarize(anchor: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _clean(x: Any) -> Any:
+    """NaN (a median of nothing) as null, so the file is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
 def to_json(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON file: the machine state and, per anchor, ``SUMMARY_KEYS`` plus the details."""
     head = {k: v for k, v in result.items() if k != "anchors"}
-    return {**head, "anchors": {n: summarize(a) for n, a in result["anchors"].items()}}
+    return _clean({**head, "anchors": {n: summarize(a) for n, a in result["anchors"].items()}})
 
 
 def _f(x: float | None, fmt: str = ".2f", none: str = "—") -> str:
