@@ -193,6 +193,7 @@ def bench_anchor(name: str, args: argparse.Namespace, steps: int, reps: int) -> 
             os.cpu_count() or 1,
             cfg.rollout.n,
             cfg.rollout.max_new_tokens,
+            args.trl_timeout,
         )
     return {
         "recipe": f"launch/recipes/{recipe.name}",
@@ -335,6 +336,12 @@ def add_cli(subparsers) -> None:
         help=f"comma-separated anchors to run (default all: {', '.join(ANCHORS)})",
     )
     p.add_argument("--no-trl", action="store_true", help="skip the TRL side-by-side")
+    p.add_argument(
+        "--trl-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds TRL may take per anchor (reported as timed out beyond)",
+    )
     p.add_argument("--no-floor", action="store_true", help="skip the bare PyTorch floor")
     p.add_argument(
         "--no-async", action="store_true", help="skip the off_policy_steps=1 (one step off) arm"

@@ -55,9 +55,17 @@ json.dump({"step_s": times, "lengths": lengths}, open(out_file, "w"))
 
 
 def run_trl(
-    model_path: str, prompts: list[str], steps: int, threads: int, n: int, max_new_tokens: int
+    model_path: str,
+    prompts: list[str],
+    steps: int,
+    threads: int,
+    n: int,
+    max_new_tokens: int,
+    timeout_s: float = 1800.0,
 ) -> dict:
-    """s/step of TRL's GRPOTrainer (first step not counted), or ``skipped``/``error``."""
+    """s/step of TRL's GRPOTrainer (first step not counted), or ``skipped``/``error``. HF
+    ``generate`` of long completions on a busy CPU can take far longer than rlpost's whole arm,
+    so the run is bounded by ``timeout_s`` and a timeout is a result, not a hang."""
     try:
         import trl  # noqa: F401  - optional ('.[bench]'); only its presence is checked here
     except ImportError:
@@ -69,12 +77,18 @@ def run_trl(
         script.write_text(TRL_SCRIPT)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         argv = [model_path, str(pf), str(steps + 1), str(out), str(threads), str(n)]
-        proc = subprocess.run(
-            [sys.executable, str(script), *argv, str(max_new_tokens)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(script), *argv, str(max_new_tokens)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s ({steps + 1} steps asked)"}
+        if proc.returncode < 0:
+            return {"error": f"killed by signal {-proc.returncode} ({steps + 1} steps asked)"}
         if proc.returncode != 0:
             return {"error": proc.stderr[-2000:]}
         got = json.loads(out.read_text())
