@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import ray
@@ -47,6 +48,18 @@ def token_chunks(lengths: Sequence[int], n: int, budget: int) -> list[range]:
         used += cost
     if start < len(lengths):
         out.append(range(start, len(lengths)))
+    return out
+
+
+def sample_pieces(lengths: Sequence[int], n: int, budget: int) -> list[tuple[int, int, int]]:
+    """(prompt, first sample, samples) pieces whose prefill, length × samples, fits ``budget``:
+    a prompt whose n samples alone overflow a scheduler step is asked in several requests. vLLM
+    seeds sample j of a request with seed + j, so the piece starting at sample j0 is asked with
+    seed + j0 and the samples equal one big request's."""
+    out = []
+    for i, length in enumerate(lengths):
+        per = max(1, budget // max(length, 1))
+        out += [(i, j0, min(per, n - j0)) for j0 in range(0, n, per)]
     return out
 
 
@@ -116,10 +129,19 @@ class VLLMEngine:
         if seeds is None or self.seeded_budget is None:
             outs = self.llm.generate(prompts, params, use_tqdm=False)
         else:
-            outs = []
-            for idx in token_chunks([len(p) for p in prompt_ids], n, self.seeded_budget):
-                part = [prompts[i] for i in idx]
-                outs += self.llm.generate(part, [params[i] for i in idx], use_tqdm=False)
+            pieces = sample_pieces([len(p) for p in prompt_ids], n, self.seeded_budget)
+            costs = [len(prompt_ids[i]) * k for i, _, k in pieces]
+            per_prompt: list[list] = [[] for _ in prompts]
+            for idx in token_chunks(costs, 1, self.seeded_budget):
+                part = [pieces[j] for j in idx]
+                got = self.llm.generate(
+                    [prompts[i] for i, _, _ in part],
+                    [_sampling_params(k, max_tokens, r, seeds[i] + j0, **kw) for i, j0, k in part],
+                    use_tqdm=False,
+                )
+                for (i, _, _), o in zip(part, got):
+                    per_prompt[i] += o.outputs
+            outs = [SimpleNamespace(outputs=o) for o in per_prompt]
         results = []
         for o in outs:
             samples = []

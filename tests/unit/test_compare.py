@@ -332,6 +332,17 @@ def test_token_chunks_keep_each_generate_call_within_the_budget():
     chunks = token_chunks([30, 30, 30, 30, 30], n=4, budget=250)  # 120 tokens a prompt
     assert [list(c) for c in chunks] == [[0, 1], [2, 3], [4]]
     assert [list(c) for c in token_chunks([500, 10], n=4, budget=100)] == [[0], [1]]
+
+
+def test_a_request_whose_samples_overflow_the_budget_is_asked_in_pieces():
+    from rlpost.runtime.rollout import sample_pieces
+
+    # 35-token prompts, 256 samples, 4096 tokens a step: 117 samples a piece, seeds +0/+117/+234
+    assert sample_pieces([35], 256, 4096) == [(0, 0, 117), (0, 117, 117), (0, 234, 22)]
+    assert sample_pieces([30, 30], 4, 4096) == [(0, 0, 4), (1, 0, 4)]  # fits: one piece each
+    assert sample_pieces([5000], 2, 4096) == [(0, 0, 1), (0, 1, 1)]  # at least one sample
+    pieces = sample_pieces([35] * 3, 256, 4096)
+    assert [sum(k for i, _, k in pieces if i == p) for p in range(3)] == [256] * 3
     assert token_chunks([], n=4, budget=100) == []
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ from typing import Any
 import ray
 import torch
 
-from algorithms.base import Needs
+from algorithms.base import Needs, build_algorithm
 from rlpost import resources
 from rlpost.commands.bench import floor as floor_mod
 from rlpost.commands.bench import probe, report
@@ -221,7 +222,7 @@ def run_sync(presets: list[str], reps: int, overrides: list[str]) -> list[dict]:
             ANCHOR, [f"model.path=tiny:{preset}", "rollout.sync_transport=object_store", *overrides]
         )
         needs = Needs(reward=False)
-        actors = start_actors(cfg, needs, use_ref=False)
+        actors = start_actors(cfg, needs, functools.partial(build_algorithm, cfg))
         try:
             store = actors.weight_sync
             coll_cfg = dataclasses.replace(
