@@ -332,6 +332,7 @@ def test_token_chunks_keep_each_generate_call_within_the_budget():
     chunks = token_chunks([30, 30, 30, 30, 30], n=4, budget=250)  # 120 tokens a prompt
     assert [list(c) for c in chunks] == [[0, 1], [2, 3], [4]]
     assert [list(c) for c in token_chunks([500, 10], n=4, budget=100)] == [[0], [1]]
+    assert token_chunks([], n=4, budget=100) == []
 
 
 def test_a_request_whose_samples_overflow_the_budget_is_asked_in_pieces():
@@ -343,7 +344,6 @@ def test_a_request_whose_samples_overflow_the_budget_is_asked_in_pieces():
     assert sample_pieces([5000], 2, 4096) == [(0, 0, 1), (0, 1, 1)]  # at least one sample
     pieces = sample_pieces([35] * 3, 256, 4096)
     assert [sum(k for i, _, k in pieces if i == p) for p in range(3)] == [256] * 3
-    assert token_chunks([], n=4, budget=100) == []
 
 
 def test_winner_ties_are_called_ties():
