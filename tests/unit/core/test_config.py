@@ -127,6 +127,7 @@ def test_help_lists_every_subcommand_and_each_has_help():
         "sft",
         "rm-data",
         "train-rm",
+        "bon",
         "compare",
         "demo",
     ]
