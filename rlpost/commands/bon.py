@@ -97,7 +97,7 @@ def report(result: dict[str, Any]) -> str:
     cols = ["single", "mean", "wco", "uwo", "gold"]
     lines = [
         f"Best-of-n from `{result['model']}` on {result['prompts']} prompts × {result['samples']} "
-        f"samples; {result['members']} proxy reward models; gold: {result['gold_spec']}.",
+        f"samples; {result['proxies']} proxy reward models; gold: {result['gold_spec']}.",
         "",
         "| n | KL (nats) | " + " | ".join(cols) + " |",
         "| --- | --- | " + " | ".join("---" for _ in cols) + " |",
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calib = ensemble.raw_scores(*load_calibration(args.calibration))
     result = bon_curves(raw, gold, doubling(args.n), calib, args.uwo_lambda)
     result.update(
-        model=str(model_dir), prompts=len(rows), samples=args.n, members=len(args.rm),
+        model=str(model_dir), prompts=len(rows), samples=args.n, proxies=len(args.rm),
         gold_spec=", ".join(args.gold) or cfg.data.train, gen_seconds=gen_s,
         calibration=args.calibration or "the samples",
     )  # fmt: skip

@@ -63,7 +63,12 @@ def test_bon_gold_vs_kl_with_two_proxies(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     result = json.loads((out / "bon.json").read_text())
-    assert result["n"] == [1, 2, 4, 8] and result["prompts"] == 4 and result["members"] == 2
+    assert (
+        result["n"] == [1, 2, 4, 8]
+        and result["prompts"] == 4
+        and result["proxies"] == 2
+        and len(result["members"]) == 2
+    )
     curves = result["curves"]
     assert set(curves) >= {"single", "mean", "wco", "uwo", "gold"}
     assert all(len(v) == 4 for v in curves.values())

@@ -59,5 +59,5 @@ def test_curves_single_vs_ensembles():
     # z-scores ±[−1.34, −0.45, 0.45, 1.34]: WCO = −|z|, the middle two tie for best; a stable
     # ascending sort ranks the later one higher, so best of 4 picks sample 2 (gold 2)
     assert out["curves"]["wco"][2] == pytest.approx(2.0)
-    text = report({**out, "model": "m", "prompts": 1, "samples": 4, "members": 2, "gold_spec": "g"})
+    text = report({**out, "model": "m", "prompts": 1, "samples": 4, "proxies": 2, "gold_spec": "g"})
     assert "| 4 | " in text and "| n | KL (nats) | single | mean | wco | uwo | gold |" in text
