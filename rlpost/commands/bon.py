@@ -15,22 +15,16 @@ ensembles ``mean`` / ``wco`` / ``uwo`` of all members, each member first normali
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from rewards.ensemble import Ensemble, FixedNormalizer, combine, load_calibration
-from rewards.pipeline import RewardPipeline
-from rlpost.commands.evaluate import eval_config, eval_engine, resolve_policy, sample
-from rlpost.commands.rm import resolve_model
+from rlpost.commands.rm import gold_config, resolve_model, sample_and_score
 from rlpost.data import DataError, load_prompts
-from rlpost.evaluation import score_pass
 from rlpost.models.hf import load_tokenizer
 
 MODES = ("mean", "wco", "uwo")
@@ -132,16 +126,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 2 or args.prompts < 1 or not args.rm:
         raise DataError("bon: need --n >= 2, --prompts >= 1 and at least one --rm")
-    model_dir, run_dir = resolve_policy(resolve_model(args.model))
-    cfg = eval_config(
-        SimpleNamespace(data=args.data, limit=0, seed=args.seed, reward=[]), model_dir, run_dir
-    )
-    if not (args.gold or cfg.data.train.startswith("task:")):
-        raise DataError("bon: --gold is required when --data is not task:NAME")
-    reward = dataclasses.replace(
-        cfg.reward, functions=list(args.gold), models=[], remote=[], weights=[], workers=0
-    )
-    cfg = dataclasses.replace(cfg, reward=reward)
+    model_dir, cfg = gold_config(args.model, args.data, args.gold, args.seed, "bon: --gold")
     tok = load_tokenizer(str(model_dir))
     rows, seen = [], set()
     for row in load_prompts(cfg, tok, args.split):  # distinct held-out prompts
@@ -149,21 +134,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seen.add(row["prompt"])
             rows.append(row)
     rows = rows[: args.prompts]
-    t0 = time.time()
-    engine = eval_engine(model_dir, cfg)
     seeds = [args.seed * 1_000_003 + 104_729 + i * args.n for i in range(len(rows))]
-    samples = sample(
-        engine, rows, args.n, args.max_new_tokens or cfg.rollout.max_new_tokens, 1.0, seeds
-    )
-    del engine
-    gen_s = time.time() - t0
-    pipeline = RewardPipeline(cfg)
-    try:
-        scored = score_pass(
-            rows, samples, lambda ps, ts, cols: pipeline.score(ps, ts, cols)[0], None
-        )
-    finally:
-        pipeline.close()
+    max_tokens = args.max_new_tokens or cfg.rollout.max_new_tokens
+    scored, _, gen_s = sample_and_score(model_dir, cfg, rows, args.n, max_tokens, 1.0, seeds)
     gold = torch.tensor([[float(s or 0.0) for s in g] for g in scored.rewards])
     ensemble = Ensemble.from_paths([resolve_model(p) for p in args.rm], normalize="none")
     prompts = [r["prompt"] for r in rows for _ in range(args.n)]

@@ -150,46 +150,62 @@ def pairs_from_group(texts: list[str], scores: list[float | None]) -> list[tuple
     return out
 
 
+def gold_config(model: str, data: str, gold: list[str], seed: int, who: str) -> tuple[Path, Any]:
+    """(model dir, Config) whose reward is the gold alone: ``gold`` specs, else the task's
+    verifier — never a run's own reward models. ``who`` names the flag in the error."""
+    model_dir, run_dir = resolve_policy(resolve_model(model))
+    cfg = eval_config(SimpleNamespace(data=data, limit=0, seed=seed, reward=[]), model_dir, run_dir)
+    if not (gold or cfg.data.train.startswith("task:")):
+        raise DataError(f"{who} is required when --data is not task:NAME")
+    reward = dataclasses.replace(
+        cfg.reward, functions=list(gold), models=[], remote=[], weights=[], workers=0
+    )
+    return model_dir, dataclasses.replace(cfg, reward=reward)
+
+
+def sample_and_score(
+    model_dir: Path,
+    cfg: Any,
+    rows: list[dict],
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    seeds: list[int],
+) -> tuple[Any, float, float]:
+    """n samples per row from the in-process engine, scored by the config's (gold) reward:
+    (Scored, engine start seconds, generation seconds)."""
+    t0 = time.time()
+    engine = eval_engine(model_dir, cfg)
+    engine_s, t0 = time.time() - t0, time.time()
+    samples = sample(engine, rows, n, max_tokens, temperature, seeds)  # seeds spaced by n
+    del engine
+    gen_s = time.time() - t0
+    pipeline = RewardPipeline(cfg)
+    try:
+        scored = score_pass(
+            rows, samples, lambda ps, ts, cols: pipeline.score(ps, ts, cols)[0], None
+        )
+    finally:
+        pipeline.close()
+    return scored, engine_s, gen_s
+
+
 def make_pairs(opts: RMDataOptions) -> dict[str, Any]:
     """Sample, score, pair and write; returns a summary dict."""
 
     if opts.prompts < 1 or opts.n < 2:
         raise DataError(f"rm-data: need --prompts >= 1 and --n >= 2, got {opts.prompts}, {opts.n}")
-    model_dir, run_dir = resolve_policy(resolve_model(opts.model))
-    args = SimpleNamespace(data=opts.data, limit=0, seed=opts.seed, reward=[])
-    cfg = eval_config(args, model_dir, run_dir)
-    if not (opts.reward or cfg.data.train.startswith("task:")):
-        raise DataError("rm-data: --reward is required when --data is not task:NAME")
-    # The gold is --reward (or the task verifier) alone, never a run's reward models.
-    reward = dataclasses.replace(
-        cfg.reward, functions=list(opts.reward), models=[], remote=[], weights=[], workers=0
-    )
-    data = dataclasses.replace(cfg.data, task_size=opts.prompts)
-    cfg = dataclasses.replace(cfg, reward=reward, data=data)
+    model_dir, cfg = gold_config(opts.model, opts.data, opts.reward, opts.seed, "rm-data: --reward")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task_size=opts.prompts))
     if cfg.data.env:
         raise DataError("rm-data: multi-turn data (data.env) is not supported")
     tok = load_tokenizer(str(model_dir))
     rows = list(load_prompts(cfg, tok, "train"))[: opts.prompts]
     max_tokens = opts.max_new_tokens or cfg.rollout.max_new_tokens
-
-    t0 = time.time()
-    engine = eval_engine(model_dir, cfg)
-    engine_s, t0 = time.time() - t0, time.time()
-    # Seeds spaced by n: vLLM gives sample j of a request seed + j.
     seeds = [opts.seed * 1_000_003 + 7919 + i * opts.n for i in range(len(rows))]
-    samples = sample(engine, rows, opts.n, max_tokens, opts.temperature, seeds)
-    del engine
-    gen_s = time.time() - t0
-
-    pipeline = RewardPipeline(cfg)
-    try:
-
-        def reward_fn(ps: list[str], texts: list[str], cols: dict) -> list[float | None]:
-            return pipeline.score(ps, texts, cols)[0]
-
-        scored = score_pass(rows, samples, reward_fn, None)
-    finally:
-        pipeline.close()
+    scored, engine_s, gen_s = sample_and_score(
+        model_dir, cfg, rows, opts.n, max_tokens, opts.temperature, seeds
+    )
 
     out_rows, prompts_with_pairs = [], 0
     for i, (row, texts, scores) in enumerate(zip(rows, scored.texts, scored.rewards)):

@@ -48,7 +48,7 @@ class Pipeline(Generic[T]):
 
     @property
     def in_flight(self) -> list[int]:
-        """Steps queued or being produced (a checkpoint's sampler state must precede them)."""
+        """Steps queued or being produced, not yet handed to the learner."""
         return sorted(self._pending)
 
     def close(self) -> None:
