@@ -98,7 +98,11 @@ class RolloutConfig:
     top_k: int = _f(-1, "top-k sampling, -1 = off")
     stop: list[str] = _f([], "stop strings")
     seed: int = _f(0, "sampling seed (engine i uses seed + i)")
-    dtype: str = _f("bfloat16", "vLLM weights dtype")
+    dtype: str = _f(
+        "auto",
+        "vLLM weights dtype: auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), "
+        "float32, bfloat16",
+    )
     kv_cache_gb: float = _f(1.0, "VLLM_CPU_KVCACHE_SPACE on CPU")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only)")
     enforce_eager: bool = _f(True, "skip graph capture/compile (fast start)")

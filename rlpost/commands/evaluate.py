@@ -107,7 +107,7 @@ def eval_config(args: argparse.Namespace, model_dir: Path, run_dir: Path | None)
 
 def eval_engine(model_dir: str | Path, cfg: Config) -> VLLMEngine:
     """The rollout engine the trainer uses, built in this process (no Ray): fp32 on CPU so eval
-    log-probs compare with the reference's, the checkpoint's own dtype on a GPU."""
+    log-probs compare with the reference's, bf16 on a GPU (``rollout.dtype=auto``)."""
     dtype = "auto" if torch.cuda.is_available() else "float32"
     cfg = replace(cfg, rollout=replace(cfg.rollout, dtype=dtype, engines=1))
     return VLLMEngine(cfg, str(model_dir), 0)

@@ -25,7 +25,7 @@ from rlpost.batch import Batch, length_order
 from rlpost.config import Config
 from rlpost.models.hf import causal_logprobs, load_model
 from rlpost.runtime import fault
-from rlpost.runtime.perf import device_peak, mfu, train_flops_per_token
+from rlpost.runtime.perf import device_peak, engine_dtype, mfu, train_flops_per_token
 from rlpost.runtime.vllm_ext import tensor_checksum
 from rlpost.runtime.weight_group import (
     SRC,
@@ -334,7 +334,7 @@ class LearnerWorker:
         params = list(model.named_parameters())
         stage3 = self.engine.zero_optimization_stage() == 3
         limit = bucket_mb * 2**20
-        wire_dtype = getattr(torch, self.cfg.rollout.dtype, None)
+        wire_dtype = getattr(torch, engine_dtype(self.cfg.rollout.dtype), None)
         if not isinstance(wire_dtype, torch.dtype):
             wire_dtype = None
         refs, bucket, size = [], {}, 0
@@ -362,7 +362,7 @@ class LearnerWorker:
 
     def _wire_dtype(self, p: torch.Tensor) -> str:
         """The engine's dtype when it is a torch dtype (bf16 halves the bytes), else the param's."""
-        wire = getattr(torch, self.cfg.rollout.dtype, None)
+        wire = getattr(torch, engine_dtype(self.cfg.rollout.dtype), None)
         return str(wire if isinstance(wire, torch.dtype) else p.dtype).removeprefix("torch.")
 
     def weight_meta(self) -> tuple[list[tuple[str, str, list[int]]], dict[str, list[str]]]:

@@ -14,6 +14,7 @@ import torch
 
 from rlpost.config import Config
 from rlpost.runtime import fault
+from rlpost.runtime.perf import engine_dtype
 
 
 def _sampling_params(n: int, max_tokens: int, r: Any, seed: int | None, **kw: Any):
@@ -96,7 +97,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=model_path,
             tokenizer=cfg.model.tokenizer or model_path,
-            dtype=r.dtype,
+            dtype=engine_dtype(r.dtype),
             enforce_eager=r.enforce_eager,
             seed=r.seed + index,
             tensor_parallel_size=r.tensor_parallel,

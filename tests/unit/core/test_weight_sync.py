@@ -173,3 +173,27 @@ def test_ipc_on_cpu_is_refused_before_any_actor_starts():
     recipe = Path(__file__).resolve().parents[3] / "launch/recipes/grpo_tiny.yaml"
     with pytest.raises(ConfigError, match="rollout.sync_transport: ipc"):
         load_config(recipe, ["rollout.sync_transport=ipc"])
+
+
+def test_rollout_dtype_auto_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    """``rollout.dtype=auto``: bf16 on a GPU or a CPU with bf16 instructions, fp32 on other CPUs
+    (emulated bf16 made vLLM-CPU 3.2x slower there); an explicit dtype is kept as given."""
+    from rlpost.runtime import perf
+
+    monkeypatch.setattr(perf.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(perf, "cpu_has_bf16", lambda: False)
+    assert perf.engine_dtype("auto") == "float32"
+    assert perf.engine_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(perf, "cpu_has_bf16", lambda: True)
+    assert perf.engine_dtype("auto") == "bfloat16"
+    assert perf.engine_dtype("float32") == "float32"
+    monkeypatch.setattr(perf, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(perf.torch.cuda, "is_available", lambda: True)
+    assert perf.engine_dtype("auto") == "bfloat16"
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from rlpost.runtime.perf import cpu_has_bf16
+
+    flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+    assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
