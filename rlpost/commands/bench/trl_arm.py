@@ -36,6 +36,7 @@ class Clock(TrainerCallback):
         self.t = time.perf_counter()
     def on_step_end(self, args, state, control, **kw):
         times.append(time.perf_counter() - self.t)
+        json.dump({"step_s": times, "lengths": lengths}, open(out_file, "w"))  # kept on a timeout
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "completions/mean_length" in logs:
             lengths.append(logs["completions/mean_length"])
@@ -86,7 +87,12 @@ def run_trl(
                 timeout=timeout_s,
             )
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s ({steps + 1} steps asked)"}
+            done = json.loads(out.read_text())["step_s"] if out.exists() else []
+            return {
+                "error": f"timed out after {timeout_s:.0f} s, {len(done)} of {steps + 1} steps "
+                "done" + (f" (first, warm-up step {done[0]:.1f} s)" if done else ""),
+                "steps_done_s": done,
+            }
         if proc.returncode < 0:
             return {"error": f"killed by signal {-proc.returncode} ({steps + 1} steps asked)"}
         if proc.returncode != 0:

@@ -132,3 +132,19 @@ def test_cli_picks_anchors_and_arms():
     assert args.anchors == "gen512" and args.no_trl and args.quick
     for name in bench.ANCHORS:
         assert bench.resources.launch_file("recipes", bench.ANCHORS[name]).exists()
+
+
+def test_trl_timeout_reports_the_steps_done_before_it(monkeypatch):
+    """A TRL run cut by ``--trl-timeout`` still reports the steps it finished: on the
+    generation-heavy anchor even TRL's first step can outlast a practical bound."""
+    from rlpost.commands.bench import trl_arm
+
+    script = (
+        "import json, sys, time\n"
+        "json.dump({'step_s': [12.5], 'lengths': [100]}, open(sys.argv[4], 'w'))\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setattr(trl_arm, "TRL_SCRIPT", script)
+    got = trl_arm.run_trl("m", ["p"], steps=2, threads=1, n=2, max_new_tokens=8, timeout_s=3)
+    assert got["error"] == "timed out after 3 s, 1 of 3 steps done (first, warm-up step 12.5 s)"
+    assert got["steps_done_s"] == [12.5]
