@@ -50,65 +50,58 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(abs(a[k] - b[k]) for k in COMPARED)
 
 
-def test_engine_reward_and_reference_deaths_are_restarted(run_cli, tmp_path, reward_file):
+def test_every_actor_death_is_recovered_and_the_rewound_step_is_reproduced(
+    run_cli, tmp_path, reward_file
+):
     """One SIGKILL per step: the vLLM engine (step 2), the reward actor (3), a reward worker
-    process (4), the reference actor (5). Each is replaced, its work redone, every step completes."""
-    kills = {2: "rollout", 3: "reward", 4: "reward_worker", 5: "reference"}
+    process (4), the reference actor (5): each is replaced and its work redone. Then learner
+    rank 1 of 2 (ZeRO-3, gloo) at step 7: all ranks are rebuilt, checkpoint 5 is loaded, the
+    engines re-synced and steps 6-7 redone; the redone step 6 equals the one computed before.
+    Every sync is checksummed against the learner (``rollout.verify_sync``)."""
+    kills = {2: ("rollout", 0), 3: ("reward", 0), 4: ("reward_worker", 0), 5: ("reference", 0)}
+    kills[7] = ("learner", 1)
     proc = run_cli(
         "train",
         RECIPE,
-        "trainer.steps=5",
+        "trainer.steps=7",
+        "trainer.save_every=5",
+        "rollout.verify_sync=true",
         f"reward.functions=[{reward_file}]",
         f"trainer.output_dir={tmp_path}",
         "trainer.run_name=faults",
-        env={"RLPOST_FAULT_INJECT": ",".join(f"{g}:0:{k}" for k, g in kills.items())},
+        env={"RLPOST_FAULT_INJECT": ",".join(f"{g}:{i}:{k}" for k, (g, i) in kills.items())},
     )
     out = proc.stdout + proc.stderr
-    assert out.count("FAULT_INJECT kill") == 4, out[-3000:]
-    _report_recovery(tmp_path / "faults")
-    rows = read_metrics(tmp_path / "faults/metrics.jsonl")
-    assert _steps(rows) == [1, 2, 3, 4, 5]
-    for step, group in kills.items():  # counted from the step of its kill on, not before
+    assert out.count("FAULT_INJECT kill") == 5, out[-3000:]
+    run = tmp_path / "faults"
+    _report_recovery(run)
+    # auto on CPU: the weight-update group over gloo, one broadcast per flat bucket
+    assert "weight sync: collective" in (run / "train.log").read_text()
+    rows = read_metrics(run / "metrics.jsonl")
+    assert _steps(rows) == [1, 2, 3, 4, 5, 6, 7]  # each step once; the undone row moved aside
+    for step, (group, _) in kills.items():  # counted from the first step redone, not before
+        first = 6 if group == "learner" else step  # the learner rewinds to checkpoint 5
         key = f"fault/restarts_{group}"
-        assert rows[step - 2][key] == 0 and rows[step - 1][key] == 1, (step, group)
+        assert rows[first - 2][key] == 0 and rows[first - 1][key] == 1, (step, group)
         print(f"kill {group} at step {step}: step took {rows[step - 1]['timing_s/step']:.1f} s")
     print(f"step 1 (no fault) took {rows[0]['timing_s/step']:.1f} s")
-    # the restarted engine holds the current weights: its sampling log-probs equal the
-    # learner's (fp32 engine), and every sample came from the policy synced after the last step
+    # every restarted engine holds the current weights: its sampling log-probs equal the
+    # learner's (fp32 engine), every sample came from the policy synced after the last step, and
+    # the checksums of what the engine holds match the learner's
+    for r in rows:
+        assert r["sync/checksummed"] >= 5 and r["sync/checksum_mismatch"] == 0, r["step"]
     for r in rows[1:]:
         assert r["rollout/logprob_diff"] < 1e-4, r["rollout/logprob_diff"]
-    assert [r["rollout/sample_version_min"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert [r["policy_version"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0]
-
-
-def test_learner_rank_death_rewinds_to_last_checkpoint(run_cli, tmp_path, reward_file):
-    """Rank 1 of 2 (ZeRO-3, gloo) dies at step 4: all ranks are rebuilt, checkpoint 2 is loaded,
-    engines re-synced, steps 3-4 redone; the redone step 3 equals the one computed before."""
-    proc = run_cli(
-        "train",
-        RECIPE,
-        "trainer.steps=4",
-        "trainer.save_every=2",
-        f"reward.functions=[{reward_file}]",
-        f"trainer.output_dir={tmp_path}",
-        "trainer.run_name=rewind",
-        env={"RLPOST_FAULT_INJECT": "learner:1:4"},
-    )
-    assert "FAULT_INJECT kill learner[1]" in proc.stdout + proc.stderr
-    run = tmp_path / "rewind"
-    _report_recovery(run)
-    rows = read_metrics(run / "metrics.jsonl")
-    assert _steps(rows) == [1, 2, 3, 4]  # each step once; the undone row moved aside
-    assert rows[-1]["fault/restarts_learner"] == 1
-    assert rows[1]["fault/restarts_learner"] == 0
+    assert [r["rollout/sample_version_min"] for r in rows] == [float(s) for s in range(7)]
+    assert [r["policy_version"] for r in rows] == [float(s) for s in range(1, 8)]
     undone = _undone(run)
-    assert sorted(undone) == [3]
-    diff = _max_diff(undone[3], rows[2])
-    print(f"learner rewind: max |redone step 3 - first step 3| over {COMPARED} = {diff:.3g}")
+    assert sorted(undone) == [6]
+    diff = _max_diff(undone[6], rows[5])
+    print(f"learner rewind: max |redone step 6 - first step 6| over {COMPARED} = {diff:.3g}")
     # gloo reduction order is the only difference we expect (docs/runtime.md)
     for k in COMPARED:
-        assert rows[2][k] == pytest.approx(undone[3][k], rel=1e-4, abs=1e-6), k
-    assert (run / "checkpoints/latest").read_text() == "step-4"
+        assert rows[5][k] == pytest.approx(undone[6][k], rel=1e-4, abs=1e-6), k
+    assert (run / "checkpoints/latest").read_text() == "step-7"
 
 
 def test_critic_death_before_any_checkpoint_rewinds_to_the_start(run_cli, tmp_path, reward_file):
@@ -145,7 +138,9 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
 ):
     """The driver is SIGKILLed while writing checkpoint 3 (learner shards written, not renamed):
     checkpoint 2 stays the latest and loads; ``--resume`` says it skips the half one, and with one
-    learner rank the resumed step 3 reproduces the killed run's step 3 to 1e-6."""
+    learner rank the resumed step 3 reproduces the killed run's step 3 to 1e-6. The killed run
+    syncs through the collective group, the resumed one through the object store: equal steps
+    also prove both transports deliver the same weights."""
     common = [
         RECIPE,
         "trainer.steps=3",
@@ -155,7 +150,13 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
         f"trainer.output_dir={tmp_path}",
         "trainer.run_name=save",
     ]
-    killed = run_cli("train", *common, env={"RLPOST_FAULT_INJECT": "save:0:3"}, check=False)
+    killed = run_cli(
+        "train",
+        *common,
+        "rollout.sync_transport=collective",
+        env={"RLPOST_FAULT_INJECT": "save:0:3"},
+        check=False,
+    )
     assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
     root = tmp_path / "save/checkpoints"
     assert (root / ".tmp-step-3/policy").is_dir()  # the shards were written, then the kill
@@ -166,7 +167,7 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_exact(
     first = read_metrics(tmp_path / "save/metrics.jsonl")
     assert _steps(first) == [1, 2, 3]
 
-    resumed = run_cli("train", *common, "--resume")
+    resumed = run_cli("train", *common, "rollout.sync_transport=object_store", "--resume")
     out = resumed.stdout + resumed.stderr
     assert "skipping incomplete checkpoint" in out and ".tmp-step-3" in out, out[-3000:]
     rows = read_metrics(tmp_path / "save/metrics.jsonl")

