@@ -334,9 +334,7 @@ class LearnerWorker:
         params = list(model.named_parameters())
         stage3 = self.engine.zero_optimization_stage() == 3
         limit = bucket_mb * 2**20
-        wire_dtype = getattr(torch, engine_dtype(self.cfg.rollout.dtype), None)
-        if not isinstance(wire_dtype, torch.dtype):
-            wire_dtype = None
+        wire_dtype = self._engine_torch_dtype()
         refs, bucket, size = [], {}, 0
         for name, p in params:
             if stage3:
@@ -360,18 +358,20 @@ class LearnerWorker:
             refs.append(ray.put(save(bucket)))
         return refs
 
-    def _wire_dtype(self, p: torch.Tensor) -> str:
-        """The engine's dtype when it is a torch dtype (bf16 halves the bytes), else the param's."""
+    def _engine_torch_dtype(self) -> torch.dtype | None:
+        """The dtype the engines hold, which weights travel in (bf16 halves the bytes); None when
+        ``rollout.dtype`` names no torch dtype (then each parameter's own)."""
         wire = getattr(torch, engine_dtype(self.cfg.rollout.dtype), None)
-        return str(wire if isinstance(wire, torch.dtype) else p.dtype).removeprefix("torch.")
+        return wire if isinstance(wire, torch.dtype) else None
 
     def weight_meta(self) -> tuple[list[tuple[str, str, list[int]]], dict[str, list[str]]]:
         """(name, wire dtype, full shape) of every parameter (ZeRO-3 shards report ``ds_shape``),
         and the aliases that travel without bytes of their own: with tied embeddings vLLM keeps
         its own ``lm_head`` copy, loaded from the embedding's bytes."""
         model = self.engine.module
+        wire = self._engine_torch_dtype()
         meta = [
-            (n, self._wire_dtype(p), list(getattr(p, "ds_shape", p.shape)))
+            (n, str(wire or p.dtype).removeprefix("torch."), list(getattr(p, "ds_shape", p.shape)))
             for n, p in model.named_parameters()
         ]
         aliases: dict[str, list[str]] = {}

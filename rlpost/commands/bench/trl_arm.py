@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 TRL_SCRIPT = r"""
-import json, sys, time
+import json, os, sys, time
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -36,7 +36,9 @@ class Clock(TrainerCallback):
         self.t = time.perf_counter()
     def on_step_end(self, args, state, control, **kw):
         times.append(time.perf_counter() - self.t)
-        json.dump({"step_s": times, "lengths": lengths}, open(out_file, "w"))  # kept on a timeout
+        with open(out_file + ".part", "w") as f:  # kept on a timeout; replaced whole, never torn
+            json.dump({"step_s": times, "lengths": lengths}, f)
+        os.replace(out_file + ".part", out_file)
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "completions/mean_length" in logs:
             lengths.append(logs["completions/mean_length"])
