@@ -143,17 +143,26 @@ class GeneratedTask:
         return (bucket < self.eval_buckets) == (split == "eval")
 
     def generate(self, n: int, seed: int, split: str) -> list[dict]:
+        """n rows of the split. Eval rows are distinct problems (a repeat would count one problem
+        twice in every accuracy); a space with fewer than n eval problems gives all it has."""
         split = canonical_split(split)
         rng = random.Random(f"{self.name}:{seed}:{split}")
         rows: list[dict] = []
-        tries = 0
+        seen: set[str] = set()
+        tries = stale = 0
         limit = 200 * n + 1000
         while len(rows) < n:
             row = self.sample(rng)
             tries += 1
+            stale += 1
+            fresh = split != "eval" or row["prompt"] not in seen
             # A space too small to have rows in this split: take what comes rather than loop.
-            if tries > limit or self.in_split(row, split):
+            if fresh and (tries > limit or self.in_split(row, split)):
                 rows.append(row)
+                seen.add(row["prompt"])
+                stale = 0
+            if split == "eval" and rows and stale > 20 * n + 1000:
+                break  # every eval problem of the space is taken
         return rows
 
     def reward(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:

@@ -35,6 +35,13 @@ SHOWN = {
 }
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Whole or not at all: a reader (or a resumed command) never sees a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def setup_logging(path: Path | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if path is not None:

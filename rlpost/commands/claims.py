@@ -13,7 +13,8 @@ means (Welch). Its 95 % t-interval decides:
 - **reproduced**: the whole interval lies above 0;
 - **not reproduced**: the whole interval lies below ``margin``, the smallest difference that
   would matter, so any effect is smaller than that (or reversed);
-- **inconclusive**: the interval holds both 0 and ``margin``: more seeds or eval problems needed.
+- **inconclusive**: the interval holds both 0 and ``margin``: more seeds or eval problems needed;
+  also whenever an arm has fewer than ``MIN_SEEDS`` finished seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
 DEFAULT_MARGIN = 0.02
+# Fewer seeds give no verdict: two seeds whose differences happen to agree (accuracy moves in
+# steps of 1 / prompts) give a zero-width interval, "reproduced" from noise.
+MIN_SEEDS = 3
 
 
 def t975(df: float) -> float:
@@ -141,7 +145,9 @@ def judge(claim: Claim, finals: dict[str, dict[int, dict]]) -> dict[str, Any]:
             if isinstance(r.get(claim.metric), (int, float)) and math.isfinite(r[claim.metric])
         }
 
-    mu, lo, hi, how = difference(per_seed(claim.better), per_seed(claim.than))
+    a, b = per_seed(claim.better), per_seed(claim.than)
+    mu, lo, hi, how = difference(a, b)
+    few = min(len(a), len(b)) < MIN_SEEDS
     return {
         "claim": claim.name,
         "metric": claim.metric,
@@ -150,5 +156,7 @@ def judge(claim: Claim, finals: dict[str, dict[int, dict]]) -> dict[str, Any]:
         "hi": hi,
         "how": how,
         "margin": claim.margin,
-        "verdict": verdict(lo, hi, claim.margin) if math.isfinite(mu) else "inconclusive",
+        "verdict": "inconclusive"
+        if few or not math.isfinite(mu)
+        else verdict(lo, hi, claim.margin),
     }

@@ -45,7 +45,7 @@ from rlpost import preflight, resources
 from rlpost.commands.claims import Claim, interval, judge, parse_claims
 from rlpost.config import Config, ConfigError, load_config
 from rlpost.evaluation import IN_LOOP_SAMPLES
-from rlpost.tracking import read_metrics
+from rlpost.tracking import read_metrics, write_text_atomic
 
 CSV_FIELDS = [
     "algorithm",
@@ -246,6 +246,7 @@ def run_overrides(spec: CompareSpec, run: RunSpec, seed: int) -> list[str]:
         f"trainer.steps={spec.steps}",
         f"trainer.eval_every={spec.eval_every}",
         f"trainer.eval_prompts={spec.eval_prompts}",
+        f"data.eval_size={spec.eval_prompts}",  # a task's eval split: that many distinct problems
         "trainer.resume=false",
         "logging.progress=false",
     ]
@@ -288,6 +289,9 @@ def _cum_train_seconds(metrics_path: Path) -> float:
     return total
 
 
+DONE_MARKER = "compare_done.json"  # in a run dir: the command that finished it and its status
+
+
 def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
     """Train one (run, seed) in a subprocess (retried on failure); returns its status."""
     name = run_name(run.label, seed)
@@ -295,10 +299,16 @@ def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     run_dir = spec.out_dir / "runs" / name
     status: dict[str, Any] = {"run": name, "label": run.label, "seed": seed, "ok": False}
+    cmd = _cli() + ["train", run.recipe, *run_overrides(spec, run, seed)]
+    done = run_dir / DONE_MARKER
+    if done.exists():  # finished by an earlier invocation with this very command: reuse it
+        old = json.loads(done.read_text())
+        if old.get("cmd", [])[1:] == cmd[1:]:  # the interpreter's path may differ
+            print(f"[compare] {name}: reusing the finished run in {run_dir}", flush=True)
+            return {**old["status"], "reused": True}
     for attempt in range(spec.retries + 1):
         if run_dir.exists():  # a failed attempt's metrics must not mix with the retry's
             shutil.rmtree(run_dir, ignore_errors=True)
-        cmd = _cli() + ["train", run.recipe, *run_overrides(spec, run, seed)]
         log_path = logs / f"{name}.log" if attempt == 0 else logs / f"{name}.retry{attempt}.log"
         t0 = time.time()
         stopped = False
@@ -318,6 +328,8 @@ def run_one(spec: CompareSpec, run: RunSpec, seed: int) -> dict[str, Any]:
         )
         if rc == 0 or (stopped and (run_dir / "metrics.jsonl").exists()):
             status.update(ok=True, stopped_by_wall=stopped)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(done, json.dumps({"cmd": cmd, "status": status}))
             return status
         print(
             f"[compare] {name}: attempt {attempt + 1} failed (exit {rc}); log: {log_path}",
@@ -544,20 +556,33 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
 
 
-def final_rows(rows: list[dict]) -> dict[str, dict[int, dict]]:
-    """algorithm -> seed -> the last evaluated row (highest step)."""
+def final_step(spec: CompareSpec) -> int | None:
+    """The step of the budget's last evaluation; None when a wall budget may end runs earlier."""
+    if spec.wall_s or not spec.eval_every:
+        return None
+    return spec.steps // spec.eval_every * spec.eval_every
+
+
+def final_rows(rows: list[dict], step: int | None = None) -> dict[str, dict[int, dict]]:
+    """algorithm -> seed -> its final evaluation: the row at ``step``, so a run that failed or is
+    still going is left out rather than judged on an early evaluation; without ``step``, the
+    highest step. The base's step-0 row is never a final."""
     out: dict[str, dict[int, dict]] = {}
     for r in rows:
+        if r["step"] == 0 or (step is not None and r["step"] != step):
+            continue
         cur = out.setdefault(r["algorithm"], {}).get(r["seed"])
         if cur is None or r["step"] > cur["step"]:
             out[r["algorithm"]][r["seed"]] = r
     return out
 
 
-def summary(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """algorithm -> metric -> (mean, std, seeds) of the final evaluation, plus the gain in
-    accuracy over step 0 (``accuracy_gain``) where a baseline exists."""
-    finals = final_rows(rows)
+def summary(
+    rows: list[dict], step: int | None = None
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """algorithm -> metric -> (mean, std, seeds) of the final evaluation (see ``final_rows``),
+    plus the gain in accuracy over step 0 (``accuracy_gain``) where a baseline exists."""
+    finals = final_rows(rows, step)
     base = {(r["algorithm"], r["seed"]): r["accuracy"] for r in rows if r["step"] == 0}
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for alg, by_seed in finals.items():
@@ -572,8 +597,9 @@ def summary(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
         # over-optimisation shows as accuracy falling back from its peak while training reward rises
         peaks = {}
         for r in rows:
-            if r["algorithm"] == alg and r["step"] > 0 and not _isnan(r["accuracy"]):
-                peaks[r["seed"]] = max(peaks.get(r["seed"], -math.inf), r["accuracy"])
+            if r["algorithm"] == alg and r["seed"] in by_seed and r["step"] > 0:
+                if not _isnan(r["accuracy"]):
+                    peaks[r["seed"]] = max(peaks.get(r["seed"], -math.inf), r["accuracy"])
         m["accuracy_peak"] = mean_std(list(peaks.values()))
         m["train_reward"] = mean_std([r["train_reward"] for r in by_seed.values()])
         out[alg] = m
@@ -691,7 +717,7 @@ def render_report(
     plots: Sequence[Path] = (),
     commands: Sequence[str] = (),
 ) -> str:
-    summ = summary(rows)
+    summ = summary(rows, final_step(spec))
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"# Compare: {spec.name}", ""]
     if spec.description:
@@ -716,6 +742,19 @@ def render_report(
         for s in failed:
             lines.append(f"- `{s['run']}` exited {s.get('returncode')} — log `{s.get('log')}`")
         lines.append("")
+    finals = final_rows(rows, final_step(spec))
+    missing = [
+        run_name(r.label, s)
+        for r in spec.runs
+        for s in spec.seeds
+        if s not in finals.get(r.label, {})
+    ]
+    if missing:
+        lines += [
+            f"Not in the final evaluation (failed, or not at step {final_step(spec)} yet): "
+            + ", ".join(f"`{m}`" for m in missing),
+            "",
+        ]
     base_acc = mean_std([r["accuracy"] for r in rows if r["step"] == 0])
     lines += ["## Summary (final evaluation, mean ± std over seeds)", ""]
     if base_acc[2]:
@@ -748,7 +787,7 @@ def render_report(
     lines += ["", "## Who won what", ""]
     lines += [f"- {w}" for w in winners(summ)] or ["- no evaluated runs"]
     lines += [""]
-    lines += claims_section(spec.claims, rows)
+    lines += claims_section(spec.claims, rows, final_step(spec))
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -773,9 +812,9 @@ def _ci(mu: float, h: float) -> str:
     return f"{_fmt(mu)} [{_fmt(mu - h)}, {_fmt(mu + h)}]" if math.isfinite(h) else f"{_fmt(mu)}"
 
 
-def claims_section(claims: Sequence[Claim], rows: list[dict]) -> list[str]:
+def claims_section(claims: Sequence[Claim], rows: list[dict], step: int | None = None) -> list[str]:
     """95 % intervals of the final accuracy and KL per arm, and each claim's verdict."""
-    finals = final_rows(rows)
+    finals = final_rows(rows, step)
     out = ["## 95 % intervals over seeds (final evaluation)", ""]
     out += ["| arm | seeds | accuracy | KL | reward |", "| --- | --- | --- | --- | --- |"]
     for arm, by_seed in finals.items():

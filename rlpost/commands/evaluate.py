@@ -34,6 +34,7 @@ from rlpost.models import tiny
 from rlpost.models.hf import load_tokenizer
 from rlpost.runtime.frozen import FrozenWorker
 from rlpost.runtime.rollout import VLLMEngine
+from rlpost.tracking import write_text_atomic
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -219,9 +220,7 @@ def write_json(result: dict[str, Any], out: str | Path) -> Path:
     clean = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(clean, indent=2) + "\n")
     return out
 
 

@@ -49,9 +49,18 @@ def test_judge_flips_the_sign_when_lower_is_better():
         "one": {0: {"kl": 2.0}, 1: {"kl": 2.3}, 2: {"kl": 2.1}},
     }
     j = judge(Claim("ensembles drift less", "kl", "ens", "one", higher=False, margin=0.1), finals)
-    assert j["diff"] == pytest.approx(
-        1.0333, abs=1e-4
-    )  # per seed 1.0, 1.1, 1.0 and j["verdict"] == "reproduced"
+    assert j["diff"] == pytest.approx(1.0333, abs=1e-4)  # per seed 1.0, 1.1, 1.0
+    assert j["verdict"] == "reproduced"
+
+
+def test_two_seeds_that_agree_exactly_give_no_verdict():
+    """Accuracy moves in steps of 1/256: two seeds with the same difference would otherwise give
+    a zero-width interval and a "reproduced" from noise."""
+    finals = {"js": {0: {"accuracy": 0.50}, 1: {"accuracy": 0.48}},
+              "rkl": {0: {"accuracy": 0.47}, 1: {"accuracy": 0.45}}}  # fmt: skip
+    j = judge(Claim("JS wins", "accuracy", "js", "rkl", margin=0.03), finals)
+    assert j["lo"] == pytest.approx(j["hi"]) == pytest.approx(0.03)
+    assert j["verdict"] == "inconclusive"
 
 
 def test_claims_are_checked_when_the_compare_file_loads(tmp_path):

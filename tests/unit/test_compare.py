@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,11 @@ def test_csv_roundtrip_keeps_nan_as_empty(tmp_path):
 
 def test_plots_and_report(tmp_path):
     spec = cmp.CompareSpec(
-        name="t", runs=[cmp.RunSpec("grpo", "a.yaml"), cmp.RunSpec("grpo_d", "b.yaml")]
+        name="t",
+        runs=[cmp.RunSpec("grpo", "a.yaml"), cmp.RunSpec("grpo_d", "b.yaml")],
+        seeds=[0, 1],
+        steps=4,
+        eval_every=2,
     )
     rows = _rows()
     plots = cmp.write_plots(rows, tmp_path, "t")
@@ -372,3 +377,52 @@ def test_wall_budget_counts_training_step_time_only(tmp_path):
     assert cmp._cum_train_seconds(path) == 0.0
     path.write_text('{"step": 1, "timing_s/step": 1.5}\n{"step": 2, "timing_s/step": 2.0}\n{bad\n')
     assert cmp._cum_train_seconds(path) == 3.5
+
+
+def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path, monkeypatch):
+    """A compare that died in its ninth run must not retrain the eight before it."""
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "fake_train.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        f"pathlib.Path({str(calls)!r}).open('a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+    monkeypatch.setattr(cmp, "_cli", lambda: [sys.executable, str(script)])
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "name: reuse\nruns:\n  - {label: a, recipe: launch/recipes/grpo_tiny.yaml}\n"
+        "seeds: 1\nbudget: {steps: 2}\n"
+    )
+    spec = cmp.load_spec(f, [])
+    spec.output_dir = str(tmp_path)
+    first = cmp.run_one(spec, spec.runs[0], 0)
+    again = cmp.run_one(spec, spec.runs[0], 0)
+    assert first["ok"] and again["ok"] and again["reused"] and "reused" not in first
+    assert len(calls.read_text().splitlines()) == 1
+    other = cmp.load_spec(f, ["rollout.n=2"])  # a changed override is a different run
+    other.output_dir = str(tmp_path)
+    assert not cmp.run_one(other, other.runs[0], 0).get("reused")
+    assert len(calls.read_text().splitlines()) == 2
+
+
+def test_an_unfinished_run_is_left_out_of_the_finals_not_judged_on_an_early_eval():
+    """A run that crashed (or is still going) after its step-2 eval, and a seed with only the
+    base's step-0 row, must not stand in for step-4 finals in the summary or the claims."""
+    rows = _rows()
+    rows = [
+        r for r in rows if not (r["algorithm"] == "grpo_d" and r["seed"] == 1 and r["step"] == 4)
+    ]
+    rows.append(cmp.baseline_row("grpo", 2, {"reward_mean": 0.1, "accuracy": 0.1}))
+    finals = cmp.final_rows(rows, 4)
+    assert sorted(finals["grpo"]) == [0, 1] and sorted(finals["grpo_d"]) == [0]
+    assert cmp.summary(rows, 4)["grpo_d"]["accuracy"][:3] == (pytest.approx(0.6), 0.0, 1)
+    assert 2 not in cmp.final_rows(rows)["grpo"]  # without a step: the base row is never final
+    spec = cmp.CompareSpec(
+        name="t",
+        runs=[cmp.RunSpec("grpo", "a.yaml"), cmp.RunSpec("grpo_d", "b.yaml")],
+        seeds=[0, 1, 2],
+        steps=5,
+        eval_every=2,
+    )
+    text = cmp.render_report(spec, rows)
+    assert "not at step 4 yet): `grpo-s2`, `grpo_d-s1`, `grpo_d-s2`" in text

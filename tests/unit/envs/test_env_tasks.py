@@ -44,7 +44,7 @@ def test_deterministic_per_seed_and_held_out(spec):
     assert a == b
     assert [r["prompt"] for r in a] != [r["prompt"] for r in c]
     ev = task.generate(30, 0, "eval")
-    assert len(a) == 60 and len(ev) == 30
+    assert len(a) == 60 and len(ev) == (10 if spec == "arithmetic?digits=1&ops=+" else 30)
     train_prompts = {r["prompt"] for r in task.generate(500, 0, "train")}
     assert not train_prompts & {r["prompt"] for r in ev}
     for r in a + ev:
@@ -52,6 +52,17 @@ def test_deterministic_per_seed_and_held_out(spec):
         assert isinstance(r["answer"], str) and r["answer"]
         assert isinstance(r["difficulty"], int)
     json.dumps(a)  # rows are plain JSON (make-task writes them)
+
+
+def test_eval_rows_are_distinct_problems_and_a_small_space_gives_all_of_its_own():
+    big = get_task("countdown?count=2&max_num=40").generate(250, 0, "eval")
+    assert len({r["prompt"] for r in big}) == len(big) == 250
+    assert big[:100] == get_task("countdown?count=2&max_num=40").generate(100, 0, "eval")
+    # 1-digit addition: 100 problems, 10 of them held out; repeats and train rows never fill in
+    small = get_task("arithmetic?digits=1&ops=+")
+    ev = small.generate(64, 0, "eval")
+    assert len({r["prompt"] for r in ev}) == len(ev) == 10
+    assert all(small.in_split(r, "eval") for r in ev)
 
 
 @pytest.mark.parametrize("spec", SPECS)
