@@ -13,7 +13,18 @@ from rlpost import cli, resources
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TOP = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+# Shipped top-level folders: not the ignored outputs (runs/ exists once `make demo` has run, and
+# the docs' runs/... paths name what a command will write there).
+_IGNORED = {
+    ln.strip().strip("/")
+    for ln in (ROOT / ".gitignore").read_text().splitlines()
+    if ln.strip().endswith("/")
+}
+TOP = {
+    p.name
+    for p in ROOT.iterdir()
+    if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED
+}
 PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.|…|\[--|\b[A-Z][A-Z_]{2,}\b")
 # A command starts the line: env assignments, then rlpost (.venv/bin/rlpost, python -m rlpost.cli).
 STARTS = re.compile(r"^(?:[A-Z_]+=\S*\s+)*(?:\S*/)?(?:rlpost|python3? -m rlpost\.cli)(\s|$)")
