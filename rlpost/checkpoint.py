@@ -30,6 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlpost.config import ConfigError
 from rlpost.runtime import fault
+from rlpost.tracking import write_text_atomic
 
 log = logging.getLogger("rlpost")
 COMPLETE = "COMPLETE"
@@ -142,9 +143,7 @@ def set_aside_metrics(run_dir: Path, step: int) -> int:
     if undone:
         with (run_dir / "metrics.undone.jsonl").open("a") as f:
             f.write("\n".join(undone) + "\n")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(ln + "\n" for ln in keep))
         log.info(
             "metrics.jsonl: %d rows after step %d moved to metrics.undone.jsonl", len(undone), step
         )

@@ -361,7 +361,7 @@ def baseline_eval(spec: CompareSpec, cfg: Config, seed: int) -> dict[str, Any]:
     want = {
         "model": str(Path(cfg.model.path)),
         "data": cfg.data.eval or cfg.data.train,
-        "num_prompts": spec.eval_prompts,
+        "limit": spec.eval_prompts,
         "seed": seed,
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
@@ -717,7 +717,8 @@ def render_report(
     plots: Sequence[Path] = (),
     commands: Sequence[str] = (),
 ) -> str:
-    summ = summary(rows, final_step(spec))
+    last = final_step(spec)
+    summ = summary(rows, last)
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"# Compare: {spec.name}", ""]
     if spec.description:
@@ -742,7 +743,7 @@ def render_report(
         for s in failed:
             lines.append(f"- `{s['run']}` exited {s.get('returncode')} — log `{s.get('log')}`")
         lines.append("")
-    finals = final_rows(rows, final_step(spec))
+    finals = final_rows(rows, last)
     missing = [
         run_name(r.label, s)
         for r in spec.runs
@@ -751,7 +752,7 @@ def render_report(
     ]
     if missing:
         lines += [
-            f"Not in the final evaluation (failed, or not at step {final_step(spec)} yet): "
+            f"Not in the final evaluation (failed, or not at step {last} yet): "
             + ", ".join(f"`{m}`" for m in missing),
             "",
         ]
@@ -787,7 +788,7 @@ def render_report(
     lines += ["", "## Who won what", ""]
     lines += [f"- {w}" for w in winners(summ)] or ["- no evaluated runs"]
     lines += [""]
-    lines += claims_section(spec.claims, rows, final_step(spec))
+    lines += claims_section(spec.claims, rows, last)
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]

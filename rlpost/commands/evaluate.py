@@ -188,6 +188,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             "reference": ref or None,
             "data": cfg.data.eval or cfg.data.train,
             "num_prompts": len(rows),
+            "limit": args.limit,  # asked for; a task with fewer held-out problems gives fewer
             "n": args.n,
             "temperature": args.temperature,
             "max_new_tokens": max_tokens,

@@ -426,3 +426,27 @@ def test_an_unfinished_run_is_left_out_of_the_finals_not_judged_on_an_early_eval
     )
     text = cmp.render_report(spec, rows)
     assert "not at step 4 yet): `grpo-s2`, `grpo_d-s1`, `grpo_d-s2`" in text
+
+
+def test_a_baseline_of_a_small_eval_space_is_reused_by_the_limit_asked(tmp_path, monkeypatch):
+    """The demo's task has 38 held-out problems for 64 asked: its saved baseline says 38 prompts,
+    and must still be reused rather than evaluated again on every invocation."""
+    from rlpost.config import Config
+
+    monkeypatch.setattr(cmp, "_cli", lambda: [sys.executable, "-c", "raise SystemExit(3)"])
+    spec = cmp.CompareSpec(name="t", runs=[cmp.RunSpec("grpo", "a.yaml")], eval_prompts=64)
+    spec.output_dir = str(tmp_path)
+    cfg = Config()
+    saved = {
+        "model": str(Path(cfg.model.path)),
+        "data": cfg.data.eval or cfg.data.train,
+        "limit": 64,
+        "num_prompts": 38,
+        "seed": 0,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "accuracy": 0.25,
+    }
+    out = spec.out_dir / "baseline" / "s0.json"
+    out.parent.mkdir(parents=True)
+    write_json(saved, out)
+    assert cmp.baseline_eval(spec, cfg, 0)["accuracy"] == 0.25
