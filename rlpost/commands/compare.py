@@ -733,8 +733,8 @@ def render_report(
         "",
     ]
     if spec.overrides:
-        last = {o.split("=", 1)[0]: o for o in spec.overrides}  # later overrides win
-        lines += ["Shared overrides: " + " ".join(f"`{o}`" for o in last.values()), ""]
+        shared = {o.split("=", 1)[0]: o for o in spec.overrides}  # later overrides win
+        lines += ["Shared overrides: " + " ".join(f"`{o}`" for o in shared.values()), ""]
     if commands:
         lines += ["Reproduce:", "", "```", *commands, "```", ""]
     failed = [s for s in statuses or [] if not s.get("ok")]

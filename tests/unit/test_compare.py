@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlpost.commands import compare as cmp
+from rlpost.commands.claims import Claim
 from rlpost.commands.evaluate import write_json
 from rlpost.config import ConfigError
 from rlpost.evaluation import (
@@ -423,9 +424,13 @@ def test_an_unfinished_run_is_left_out_of_the_finals_not_judged_on_an_early_eval
         seeds=[0, 1, 2],
         steps=5,
         eval_every=2,
+        overrides=["model.path=base", "learner.lr=1e-4"],  # every compare file has some
+        claims=[Claim("D wins", "accuracy", "grpo_d", "grpo")],
     )
     text = cmp.render_report(spec, rows)
     assert "not at step 4 yet): `grpo-s2`, `grpo_d-s1`, `grpo_d-s2`" in text
+    # the shared overrides once shadowed the final step: the claims then saw no finals at all
+    assert "| grpo | 2 |" in text and "(1 vs 2 seeds" in text
 
 
 def test_a_baseline_of_a_small_eval_space_is_reused_by_the_limit_asked(tmp_path, monkeypatch):
