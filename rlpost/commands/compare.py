@@ -871,16 +871,22 @@ def compare(spec: CompareSpec, report_only: bool = False) -> tuple[dict[str, Pat
     else:
         statuses, baselines = run_all(spec, cfgs)
     rows = collect_rows(spec, baselines)
-    cmd = f"rlpost compare {spec.source}" + "".join(
-        f" {o}" for o in spec.overrides[len(_file_overrides(spec)) :]
-    )
-    paths = write_outputs(spec, rows, statuses, [cmd])
+    paths = write_outputs(spec, rows, statuses, [reproduce_command(spec)])
     return paths, statuses or []
 
 
-def _file_overrides(spec: CompareSpec) -> list[str]:
-    tree = yaml.safe_load(Path(spec.source).read_text()) or {}
-    return _override_list(tree.get("overrides"), spec.source)
+def reproduce_command(spec: CompareSpec) -> str:
+    """The command that gives this spec again: the file, then whatever the command line changed
+    (extra overrides, --seeds, --steps, --output-dir), so a report names where its runs are."""
+    file = load_spec(spec.source)
+    cmd = [f"rlpost compare {spec.source}", *spec.overrides[len(file.overrides) :]]
+    if spec.seeds != file.seeds:
+        cmd.append(f"--seeds {','.join(map(str, spec.seeds))}")
+    if spec.steps != file.steps:
+        cmd.append(f"--steps {spec.steps}")
+    if spec.output_dir != file.output_dir:
+        cmd.append(f"--output-dir {spec.output_dir}")
+    return " ".join(cmd)
 
 
 def _compare(args: argparse.Namespace) -> int:

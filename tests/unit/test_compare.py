@@ -455,3 +455,16 @@ def test_a_baseline_of_a_small_eval_space_is_reused_by_the_limit_asked(tmp_path,
     out.parent.mkdir(parents=True)
     write_json(saved, out)
     assert cmp.baseline_eval(spec, cfg, 0)["accuracy"] == 0.25
+
+
+def test_the_report_reproduces_the_command_line_not_only_the_file():
+    """A powered claim runs with model.path=... --output-dir runs/p18; a report that names only
+    the file sends a reader to retrain everything in runs/."""
+    spec = cmp.load_spec("launch/compare/superhf_vs_ppo.yaml", ["model.path=runs/p18/base"])
+    assert cmp.reproduce_command(spec) == (
+        "rlpost compare launch/compare/superhf_vs_ppo.yaml model.path=runs/p18/base"
+    )
+    spec.output_dir, spec.seeds, spec.steps = "runs/p18", [0], 5
+    assert cmp.reproduce_command(spec).endswith(
+        "model.path=runs/p18/base --seeds 0 --steps 5 --output-dir runs/p18"
+    )
