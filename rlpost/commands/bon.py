@@ -10,6 +10,10 @@ probability C(i−1, n−1) / C(N, n). Best-of-n sits at KL(π_bon‖π) = log n
 Proxies: each member alone (``single``: the mean over members, with their range) and the
 ensembles ``mean`` / ``wco`` / ``uwo`` of all members, each member first normalised to mean 0, std
 1 on a calibration set (``--calibration``, else the samples themselves).
+
+Each ensemble is set against the single proxy paired by prompt: the mean difference in gold at
+every n with its 95 % interval over prompts, and the verdict the compare claims use. The interval
+covers which prompts were drawn, not which proxies were trained.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any
 import torch
 
 from rewards.ensemble import Ensemble, FixedNormalizer, combine, load_calibration
+from rlpost.commands.claims import interval, verdict
 from rlpost.commands.rm import gold_config, resolve_model, sample_and_score
 from rlpost.data import DataError, load_prompts
 from rlpost.models.hf import load_tokenizer
 
 MODES = ("mean", "wco", "uwo")
+BON_MARGIN = 0.01  # the smallest gold difference that matters (the verdicts' margin)
 
 
 def bon_kl(n: int) -> float:
@@ -36,8 +42,13 @@ def bon_kl(n: int) -> float:
 
 
 def bon_gold(proxy: torch.Tensor, gold: torch.Tensor, n: int) -> float:
-    """Expected gold score of the proxy's best of n, per prompt from all N samples, then averaged
-    over prompts. ``proxy``, ``gold``: [P, N]; of samples the proxy ties, the later one ranks higher."""
+    """Expected gold score of the proxy's best of n, averaged over prompts."""
+    return float(bon_gold_per_prompt(proxy, gold, n).mean())
+
+
+def bon_gold_per_prompt(proxy: torch.Tensor, gold: torch.Tensor, n: int) -> torch.Tensor:
+    """Expected gold score of the proxy's best of n for each prompt, from all N samples.
+    ``proxy``, ``gold``: [P, N]; of samples the proxy ties, the later one ranks higher."""
     p, big_n = proxy.shape
     if not 1 <= n <= big_n:
         raise ValueError(f"best-of-{n} needs 1 <= n <= {big_n} samples per prompt")
@@ -50,7 +61,7 @@ def bon_gold(proxy: torch.Tensor, gold: torch.Tensor, n: int) -> float:
     ).where(i >= n, torch.tensor(-math.inf, dtype=torch.float64))
     log_total = math.lgamma(big_n + 1) - math.lgamma(n + 1) - math.lgamma(big_n - n + 1)
     weights = torch.exp(log_c - log_total)
-    return float((ranked * weights).sum(1).mean())
+    return (ranked * weights).sum(1)
 
 
 def doubling(n_max: int) -> list[int]:
@@ -73,17 +84,31 @@ def bon_curves(
     flat = raw.reshape(m, p * big_n)
     norm = FixedNormalizer.from_scores(calibration if calibration is not None else flat)
     z = norm(flat.double()).reshape(m, p, big_n)
-    members = [[bon_gold(z[k], gold, n) for n in ns] for k in range(m)]
+    per_member = [[bon_gold_per_prompt(z[k], gold, n) for n in ns] for k in range(m)]
+    members = [[float(g.mean()) for g in row] for row in per_member]
+    single = [torch.stack(col).mean(0) for col in zip(*per_member)]  # [P] per n
     curves: dict[str, Any] = {
-        "single": [sum(col) / m for col in zip(*members)],
+        "single": [float(g.mean()) for g in single],
         "single_min": [min(col) for col in zip(*members)],
         "single_max": [max(col) for col in zip(*members)],
     }
+    versus: dict[str, list[list[float]]] = {}
     for mode in MODES:
         combined = combine(z.reshape(m, -1), mode, uwo_lambda).reshape(p, big_n)
-        curves[mode] = [bon_gold(combined, gold, n) for n in ns]
+        per_prompt = [bon_gold_per_prompt(combined, gold, n) for n in ns]
+        curves[mode] = [float(g.mean()) for g in per_prompt]
+        versus[mode] = []
+        for g, s in zip(per_prompt, single):
+            mu, h, _ = interval((g - s).tolist())
+            versus[mode].append([mu, mu - h, mu + h])
     curves["gold"] = [bon_gold(gold, gold, n) for n in ns]  # the oracle's own best of n
-    return {"n": ns, "kl": [bon_kl(n) for n in ns], "curves": curves, "members": members}
+    return {
+        "n": ns,
+        "kl": [bon_kl(n) for n in ns],
+        "curves": curves,
+        "members": members,
+        "versus_single": versus,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -98,6 +123,25 @@ def report(result: dict[str, Any]) -> str:
     ]
     for i, (n, kl) in enumerate(zip(result["n"], result["kl"])):
         lines.append(f"| {n} | {kl:.3f} | " + " | ".join(f"{c[k][i]:.3f}" for k in cols) + " |")
+    vs = result["versus_single"]
+    lines += [
+        "",
+        f"Ensemble − single proxy, paired by prompt, mean [95 % interval over "
+        f"{result['prompts']} prompts]:",
+        "",
+        "| n | " + " | ".join(f"{mode} − single" for mode in MODES) + " |",
+        "| --- | " + " | ".join("---" for _ in MODES) + " |",
+    ]
+    for i, n in enumerate(result["n"]):
+        lines.append(
+            f"| {n} | "
+            + " | ".join("{:.3f} [{:.3f}, {:.3f}]".format(*vs[m][i]) for m in MODES)
+            + " |"
+        )
+    peak = max(range(len(result["n"])), key=lambda i: c["single"][i])
+    for i, where in ((peak, "the single proxy's peak"), (len(result["n"]) - 1, "the largest n")):
+        calls = ", ".join(f"{m} {verdict(vs[m][i][1], vs[m][i][2], BON_MARGIN)}" for m in MODES)
+        lines += ["", f"Ensemble beats one proxy at {where} (n = {result['n'][i]}): {calls}."]
     return "\n".join(lines)
 
 

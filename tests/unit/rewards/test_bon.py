@@ -61,3 +61,21 @@ def test_curves_single_vs_ensembles():
     assert out["curves"]["wco"][2] == pytest.approx(2.0)
     text = report({**out, "model": "m", "prompts": 1, "samples": 4, "proxies": 2, "gold_spec": "g"})
     assert "| 4 | " in text and "| n | KL (nats) | single | mean | wco | uwo | gold |" in text
+
+
+def test_ensembles_against_one_proxy_paired_by_prompt():
+    """Two prompts shaped like the one above: at n = 4 WCO and UWO pick the later middle sample
+    (gold 2) and the mean, whose members cancel, ties everywhere and picks the last (gold 3), while
+    a lone member averages 1.5. Same on both prompts, so the intervals have no width."""
+    gold = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
+    out = bon_curves(torch.stack([gold, -gold]), gold, [1, 2, 4])
+    vs = out["versus_single"]
+    assert vs["wco"][2] == pytest.approx([0.5, 0.5, 0.5])
+    assert vs["uwo"][2] == pytest.approx([0.5, 0.5, 0.5])
+    assert vs["mean"][2] == pytest.approx([1.5, 1.5, 1.5])
+    assert vs["wco"][0] == pytest.approx([0.0, 0.0, 0.0])  # n = 1 is the base for every proxy
+    text = report({**out, "model": "m", "prompts": 2, "samples": 4, "proxies": 2, "gold_spec": "g"})
+    assert "| 4 | 1.500 [1.500, 1.500] | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in text
+    # the single proxy is flat, so its peak is n = 1, where nothing differs
+    assert "the single proxy's peak (n = 1): mean not reproduced" in text
+    assert "the largest n (n = 4): mean reproduced, wco reproduced, uwo reproduced" in text
