@@ -172,12 +172,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError("bon: need --n >= 2, --prompts >= 1 and at least one --rm")
     model_dir, cfg = gold_config(args.model, args.data, args.gold, args.seed, "bon: --gold")
     tok = load_tokenizer(str(model_dir))
+    cfg.data.eval_size = max(cfg.data.eval_size, args.prompts)  # a task's split: as many as asked
     rows, seen = [], set()
     for row in load_prompts(cfg, tok, args.split):  # distinct held-out prompts
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
             rows.append(row)
     rows = rows[: args.prompts]
+    if len(rows) < args.prompts:
+        print(
+            f"bon: {args.split} split has {len(rows)} distinct prompts (asked for {args.prompts})"
+        )
     seeds = [args.seed * 1_000_003 + 104_729 + i * args.n for i in range(len(rows))]
     max_tokens = args.max_new_tokens or cfg.rollout.max_new_tokens
     scored, _, gen_s = sample_and_score(model_dir, cfg, rows, args.n, max_tokens, 1.0, seeds)
