@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from rewards.ensemble import Ensemble, FixedNormalizer, combine, load_calibration
-from rlpost.commands.claims import interval, verdict
+from rlpost.commands.claims import difference, verdict
 from rlpost.commands.rm import gold_config, resolve_model, sample_and_score
 from rlpost.data import DataError, load_prompts
 from rlpost.models.hf import load_tokenizer
@@ -97,10 +97,10 @@ def bon_curves(
         combined = combine(z.reshape(m, -1), mode, uwo_lambda).reshape(p, big_n)
         per_prompt = [bon_gold_per_prompt(combined, gold, n) for n in ns]
         curves[mode] = [float(g.mean()) for g in per_prompt]
-        versus[mode] = []
-        for g, s in zip(per_prompt, single):
-            mu, h, _ = interval((g - s).tolist())
-            versus[mode].append([mu, mu - h, mu + h])
+        versus[mode] = [  # the compare claims' paired difference, prompts in place of seeds
+            list(difference(dict(enumerate(g.tolist())), dict(enumerate(s.tolist())))[:3])
+            for g, s in zip(per_prompt, single)
+        ]
     curves["gold"] = [bon_gold(gold, gold, n) for n in ns]  # the oracle's own best of n
     return {
         "n": ns,
